@@ -1,0 +1,137 @@
+"""The simulation's configuration: what one run of the simulator builds.
+
+The schema lives beside the simulator because the simulation process
+validates exactly what it runs; ``testbed.scenario`` turns scenario files
+(YAML) into these objects and reports errors with file and key.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+QueueType = Literal["dualpi2", "pie", "fq_codel", "codel", "red", "fifo"]
+
+#: ns-3 TypeId of each bottleneck queue disc.
+QUEUE_TYPE_IDS: dict[str, str] = {
+    "dualpi2": "ns3::DualPi2QueueDisc",
+    "pie": "ns3::PieQueueDisc",
+    "fq_codel": "ns3::FqCoDelQueueDisc",
+    "codel": "ns3::CoDelQueueDisc",
+    "red": "ns3::RedQueueDisc",
+    "fifo": "ns3::FifoQueueDisc",
+}
+
+#: ns-3 TypeId of each TCP congestion control.
+CC_TYPE_IDS: dict[str, str] = {
+    "dctcp": "ns3::TcpDctcp",
+    "cubic": "ns3::TcpCubic",
+    "newreno": "ns3::TcpNewReno",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QueueConfig(_Strict):
+    type: QueueType = "dualpi2"
+    #: ns-3 attributes of the queue disc, as strings ns-3 parses ("15ms", "0.16", "true").
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class BottleneckConfig(_Strict):
+    rate_mbps: float = Field(100.0, gt=0)
+    #: one-way propagation delay of the bottleneck link
+    delay_ms: float = Field(1.0, ge=0)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    #: bandwidth trace file the bottleneck rate follows (overrides rate_mbps while it lasts)
+    trace: str | None = None
+    #: multiply the trace's rates (e.g. to scale a 3G trace to a broadband link)
+    trace_scale: float = Field(1.0, gt=0)
+    #: packet capture of the bottleneck link (pcap, read by emulation.pcap_ecn)
+    capture: bool = False
+
+
+class FlowConfig(_Strict):
+    name: str = Field(min_length=1)
+    #: l4s: DCTCP marking ECT(1); classic: Cubic/NewReno, ECN optional; udp: constant bit rate
+    kind: Literal["l4s", "classic", "udp"]
+    cc: Literal["dctcp", "cubic", "newreno"] | None = None
+    ecn: bool = False
+    #: base round-trip time of the flow's path
+    rtt_ms: float = Field(10.0, gt=0)
+    start_s: float = Field(0.0, ge=0)
+    stop_s: float | None = None
+    #: replicate this flow N times (names get -1, -2, ...)
+    count: int = Field(1, ge=1, le=256)
+    #: UDP sending rate
+    rate_mbps: float | None = Field(None, gt=0)
+    #: stop after this many bytes (TCP); None = unlimited
+    max_bytes: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> "FlowConfig":
+        if self.kind == "l4s":
+            if self.cc not in (None, "dctcp"):
+                raise ValueError(f"flow '{self.name}': an l4s flow uses cc 'dctcp', not '{self.cc}'")
+            self.cc = "dctcp"
+            self.ecn = True
+        elif self.kind == "classic":
+            if self.cc == "dctcp":
+                raise ValueError(f"flow '{self.name}': a classic flow cannot use dctcp (use kind: l4s)")
+            self.cc = self.cc or "cubic"
+        else:
+            if self.rate_mbps is None:
+                raise ValueError(f"flow '{self.name}': a udp flow needs rate_mbps")
+        if self.stop_s is not None and self.stop_s <= self.start_s:
+            raise ValueError(f"flow '{self.name}': stop_s ({self.stop_s}) must be after start_s ({self.start_s})")
+        return self
+
+    def expanded(self) -> list["FlowConfig"]:
+        if self.count == 1:
+            return [self]
+        return [self.model_copy(update={"name": f"{self.name}-{i + 1}", "count": 1}) for i in range(self.count)]
+
+
+class ProbeConfig(_Strict):
+    #: queue and flow sampling interval
+    interval_ms: float = Field(10.0, gt=0)
+    #: start of the measurement window (warm-up excluded from the summary)
+    warmup_s: float = Field(2.0, ge=0)
+
+
+class SimulationConfig(_Strict):
+    """Everything one simulation run needs, fully resolved."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    seed: int = Field(1, ge=1)
+    duration_s: float = Field(20.0, gt=0)
+    bottleneck: BottleneckConfig = Field(default_factory=BottleneckConfig)
+    flows: list[FlowConfig] = Field(default_factory=list)
+    probes: ProbeConfig = Field(default_factory=ProbeConfig)
+    #: TCP segment size in bytes
+    segment_size_bytes: int = Field(1448, ge=536, le=8960)
+
+    @model_validator(mode="after")
+    def _check(self) -> "SimulationConfig":
+        names = [f.name for flow in self.flows for f in flow.expanded()]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"flow names must be unique, repeated: {', '.join(dupes)}")
+        if self.probes.warmup_s >= self.duration_s:
+            raise ValueError(
+                f"probes.warmup_s ({self.probes.warmup_s}) must be shorter than duration_s ({self.duration_s})"
+            )
+        for flow in self.flows:
+            if flow.rtt_ms / 2 < self.bottleneck.delay_ms:
+                raise ValueError(
+                    f"flow '{flow.name}': rtt_ms {flow.rtt_ms} is shorter than twice the bottleneck delay "
+                    f"({self.bottleneck.delay_ms} ms one way)"
+                )
+        return self
+
+    def all_flows(self) -> list[FlowConfig]:
+        return [f for flow in self.flows for f in flow.expanded()]

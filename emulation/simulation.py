@@ -1,0 +1,126 @@
+"""One simulation run: build the network, attach probes and components, run,
+write the run directory.
+
+Components (video clients, control points) plug in through a small
+interface so this file stays the one place that orders a run:
+``attach(sim)`` before the simulator starts, ``finish(sim)`` after it stops
+(also after a failure, so partial results are saved), returning the tables
+and summary entries they own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import pandas as pd
+
+from emulation.config import SimulationConfig
+from emulation.metrics import summarise
+from emulation.native.build import load_native
+from emulation.probes import BottleneckProbe, GoodputProbe
+from emulation.rundir import write_json, write_parquet
+from emulation.topology import Dumbbell, build_dumbbell
+from emulation.traffic import install_flows
+
+log = logging.getLogger(__name__)
+
+#: Probe buffers are drained to Python this often (simulated), bounding C++ memory.
+DRAIN_INTERVAL_S = 1.0
+
+
+class Component(Protocol):
+    """Something a run carries besides bulk flows (video clients, control points)."""
+
+    def attach(self, sim: "Simulation") -> None: ...
+
+    def finish(self, sim: "Simulation") -> None: ...
+
+
+@dataclass
+class Simulation:
+    config: SimulationConfig
+    out_dir: Path
+    ns: object = None
+    net: Dumbbell | None = None
+    components: list = field(default_factory=list)
+    #: tables components add: file stem -> table, written with the rest
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    #: summary entries components add
+    summary_extra: dict = field(default_factory=dict)
+    capacity_bits_fn: object = None
+
+
+def _seed(ns, seed: int) -> None:
+    # ns-3 practice: a fixed seed and the run number as the varied stream.
+    ns.RngSeedManager.SetSeed(1)
+    ns.RngSeedManager.SetRun(seed)
+
+
+def run_simulation(config: SimulationConfig, out_dir: Path, components: list | None = None) -> dict:
+    """Run ``config`` and write its tables and summary into ``out_dir``; return the summary.
+
+    Raises whatever stopped the run, after writing what was gathered so far.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ns = load_native()
+    _seed(ns, config.seed)
+    sim = Simulation(config=config, out_dir=out_dir, ns=ns, components=list(components or []))
+    sim.net = build_dumbbell(ns, config)
+    if hasattr(sim.net.queue_disc, "AssignStreams"):
+        sim.net.queue_disc.AssignStreams(config.seed)
+    sinks = install_flows(ns, config, sim.net)
+    interval_s = config.probes.interval_ms / 1e3
+    bottleneck = BottleneckProbe(ns, sim.net.queue_disc, interval_s)
+    goodput = GoodputProbe(ns, sinks, [f.name for f in config.all_flows()], interval_s)
+    rate_bps = config.bottleneck.rate_mbps * 1e6
+    sim.capacity_bits_fn = lambda t0, t1: rate_bps * (t1 - t0)
+    if config.bottleneck.capture:
+        ns.PointToPointHelper().EnablePcap(str(out_dir / "bottleneck"), sim.net.bottleneck_device, False, True)
+    for component in sim.components:
+        component.attach(sim)
+
+    def drain() -> None:
+        bottleneck.drain()
+        ns.ScheduleFunction(ns.Seconds(DRAIN_INTERVAL_S), drain)
+
+    ns.ScheduleFunction(ns.Seconds(DRAIN_INTERVAL_S), drain)
+    ns.Simulator.Stop(ns.Seconds(config.duration_s))
+    wall_start = time.perf_counter()
+    error: BaseException | None = None
+    try:
+        ns.Simulator.Run()
+    except BaseException as exc:  # a component failed inside a callback: save what we have
+        error = exc
+    wall_s = time.perf_counter() - wall_start
+    for component in sim.components:
+        try:
+            component.finish(sim)
+        except Exception as exc:  # keep the first error, still write the rest
+            log.exception("component %s failed to finish", type(component).__name__)
+            error = error or exc
+    sim_end_s = ns.Simulator.Now().GetSeconds()
+
+    queue = bottleneck.queue_table()
+    sojourn = bottleneck.sojourn_table()
+    flows = goodput.flows_table()
+    write_parquet(out_dir / "queue.parquet", queue)
+    write_parquet(out_dir / "sojourn.parquet", sojourn)
+    write_parquet(out_dir / "flows.parquet", flows)
+    for stem, table in sim.tables.items():
+        write_parquet(out_dir / f"{stem}.parquet", table)
+    warmup = config.probes.warmup_s
+    summary = summarise(config, queue, sojourn, flows, sim.capacity_bits_fn(warmup, config.duration_s))
+    summary.update(sim.summary_extra)
+    summary["sim_end_s"] = sim_end_s
+    summary["wall_s"] = wall_s
+    summary["events_per_s"] = None
+    write_json(out_dir / "summary.json", summary)
+    ns.Simulator.Destroy()
+    if error is not None:
+        raise error
+    return summary

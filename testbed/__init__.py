@@ -1,0 +1,1 @@
+"""Orchestration: scenarios, runs, comparisons, sweeps and reports."""
