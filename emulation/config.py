@@ -25,7 +25,7 @@ QUEUE_TYPE_IDS: dict[str, str] = {
 
 #: ns-3 TypeId of each TCP congestion control.
 CC_TYPE_IDS: dict[str, str] = {
-    "dctcp": "ns3::TcpDctcp",
+    "dctcp": "ns3::TcpDctcpRfc8257",  # DCTCP with the RFC 8257 loss response
     "cubic": "ns3::TcpCubic",
     "newreno": "ns3::TcpNewReno",
 }
@@ -95,6 +95,30 @@ class FlowConfig(_Strict):
         return [self.model_copy(update={"name": f"{self.name}-{i + 1}", "count": 1}) for i in range(self.count)]
 
 
+class VideoClientConfig(_Strict):
+    """A packet-level video client streaming from a server behind the bottleneck."""
+
+    name: str = Field(min_length=1)
+    count: int = Field(1, ge=1, le=64)
+    #: classic: Cubic (Not-ECT, C queue); l4s: DCTCP with ECT(1) (L queue)
+    transport: Literal["classic", "l4s"] = "classic"
+    rtt_ms: float = Field(80.0, gt=0)
+    start_s: float = Field(0.0, ge=0)
+    #: directory of video_size_* files; None = the shipped video1
+    manifest: str | None = None
+    #: ABR used when no agent controls this client (bba, rate, mpc, bola)
+    abr: str = "mpc"
+    buffer_cap_s: float = Field(60.0, gt=0)
+    start_quality: int = Field(1, ge=0)
+    #: play only the first N chunks (None = the whole manifest)
+    n_chunks: int | None = Field(None, ge=1)
+
+    def expanded(self) -> list["VideoClientConfig"]:
+        if self.count == 1:
+            return [self]
+        return [self.model_copy(update={"name": f"{self.name}-{i + 1}", "count": 1}) for i in range(self.count)]
+
+
 class ProbeConfig(_Strict):
     #: queue and flow sampling interval
     interval_ms: float = Field(10.0, gt=0)
@@ -111,21 +135,22 @@ class SimulationConfig(_Strict):
     duration_s: float = Field(20.0, gt=0)
     bottleneck: BottleneckConfig = Field(default_factory=BottleneckConfig)
     flows: list[FlowConfig] = Field(default_factory=list)
+    video: list[VideoClientConfig] = Field(default_factory=list)
     probes: ProbeConfig = Field(default_factory=ProbeConfig)
     #: TCP segment size in bytes
     segment_size_bytes: int = Field(1448, ge=536, le=8960)
 
     @model_validator(mode="after")
     def _check(self) -> "SimulationConfig":
-        names = [f.name for flow in self.flows for f in flow.expanded()]
+        names = [f.name for f in self.all_flows()] + [v.name for v in self.all_video()]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"flow names must be unique, repeated: {', '.join(dupes)}")
+            raise ValueError(f"flow and video client names must be unique, repeated: {', '.join(dupes)}")
         if self.probes.warmup_s >= self.duration_s:
             raise ValueError(
                 f"probes.warmup_s ({self.probes.warmup_s}) must be shorter than duration_s ({self.duration_s})"
             )
-        for flow in self.flows:
+        for flow in [*self.flows, *self.video]:
             if flow.rtt_ms / 2 < self.bottleneck.delay_ms:
                 raise ValueError(
                     f"flow '{flow.name}': rtt_ms {flow.rtt_ms} is shorter than twice the bottleneck delay "
@@ -135,3 +160,6 @@ class SimulationConfig(_Strict):
 
     def all_flows(self) -> list[FlowConfig]:
         return [f for flow in self.flows for f in flow.expanded()]
+
+    def all_video(self) -> list[VideoClientConfig]:
+        return [v for video in self.video for v in video.expanded()]

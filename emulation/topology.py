@@ -10,6 +10,7 @@ queue holds one packet, so the backlog sits where the AQM sees it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from emulation.config import CC_TYPE_IDS, QUEUE_TYPE_IDS, SimulationConfig
@@ -25,14 +26,25 @@ ACCESS_SPEEDUP = 10.0
 
 @dataclass
 class Dumbbell:
+    """Endpoint pairs in order: the bulk flows first, then the video clients.
+
+    Index i of ``senders``/``receivers`` is the left (server) and right
+    (client) node of pair i; ``video_pair(j)`` gives the index of video client j.
+    """
+
     senders: list = field(default_factory=list)
     receivers: list = field(default_factory=list)
+    sender_addresses: list = field(default_factory=list)
     receiver_addresses: list = field(default_factory=list)
+    n_flows: int = 0
     router_left: object = None
     router_right: object = None
     bottleneck_device: object = None  # routerL's device towards routerR
     queue_disc: object = None
     queue_type: str = "dualpi2"
+
+    def video_pair(self, j: int) -> int:
+        return self.n_flows + j
 
 
 def configure_tcp_defaults(ns, segment_size_bytes: int, bdp_bytes: int) -> None:
@@ -53,45 +65,78 @@ def configure_tcp_defaults(ns, segment_size_bytes: int, bdp_bytes: int) -> None:
         ns.Config.SetDefault(name, value)
 
 
+_NUMBER = r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"
+#: What ns-3 can parse for each attribute value type; ns-3 itself aborts the
+#: process on a malformed string, so we check the form first.
+_VALUE_FORMS = {
+    "ns3::DoubleValue": re.compile(rf"^{_NUMBER}$"),
+    "ns3::UintegerValue": re.compile(r"^\d+$"),
+    "ns3::IntegerValue": re.compile(r"^[+-]?\d+$"),
+    "ns3::BooleanValue": re.compile(r"^(true|false|1|0)$"),
+    "ns3::TimeValue": re.compile(rf"^{_NUMBER}(s|ms|us|ns|ps|fs|min|h|d|y)?$"),
+    "ns3::QueueSizeValue": re.compile(r"^\d+(p|B|kB|KB|KiB|MB|MiB)$"),
+    "ns3::DataRateValue": re.compile(rf"^{_NUMBER}(bps|kbps|Kbps|Mbps|Gbps|b/s|kb/s|Mb/s|Gb/s|Bps|KBps|MBps)$"),
+}
+
+
+def _attributes(ns, type_name: str) -> dict:
+    tid = ns.TypeId.LookupByName(type_name)
+    found = {}
+    while True:
+        for i in range(tid.GetAttributeN()):
+            info = tid.GetAttribute(i)
+            found.setdefault(str(info.name), info)
+        if tid == tid.GetParent():
+            return found
+        tid = tid.GetParent()
+
+
 def create_queue_disc(ns, queue_type: str, params: dict):
     """Create the bottleneck queue disc, rejecting bad attributes with a clear error."""
     type_name = QUEUE_TYPE_IDS[queue_type]
     factory = ns.ObjectFactory()
     factory.SetTypeId(type_name)
     disc = factory.Create().GetObject[ns.QueueDisc]()
-    tid = ns.TypeId.LookupByName(type_name)
+    attributes = _attributes(ns, type_name)
     for key, value in params.items():
         text = str(value).lower() if isinstance(value, bool) else str(value)
-        info = ns.TypeId.AttributeInformation()
-        if not tid.LookupAttributeByName(key, info):
-            known = sorted(tid.GetAttribute(i).name for i in range(tid.GetAttributeN()))
-            raise TopologyError(f"queue '{queue_type}' has no parameter '{key}'; known: {', '.join(known)}")
-        if not disc.SetAttributeFailSafe(key, ns.StringValue(text)):
+        info = attributes.get(key)
+        if info is None:
+            raise TopologyError(f"queue '{queue_type}' has no parameter '{key}'; known: {', '.join(sorted(attributes))}")
+        value_type = str(info.checker.GetValueTypeName())
+        expected = str(info.checker.GetUnderlyingTypeInformation())
+        form = _VALUE_FORMS.get(value_type)
+        if value_type.startswith("ns3::EnumValue"):
+            ok = text in expected.split("|")
+        else:
+            ok = form.match(text) is not None if form else True
+        if not ok or not disc.SetAttributeFailSafe(key, ns.StringValue(text)):
             raise TopologyError(
-                f"queue '{queue_type}' parameter {key}={value!r} rejected by ns-3 "
-                f"(expected {info.checker.GetUnderlyingTypeInformation()}: {info.help})"
+                f"queue '{queue_type}' parameter {key}={value!r} rejected (expected {expected}: {info.help})"
             )
     return disc
 
 
 def build_dumbbell(ns, config: SimulationConfig) -> Dumbbell:
-    flows = config.all_flows()
+    # One pair per bulk flow, then one per video client: (base RTT, congestion control).
+    pairs = [(f.rtt_ms, f.cc or "cubic") for f in config.all_flows()]
+    pairs += [(v.rtt_ms, "dctcp" if v.transport == "l4s" else "cubic") for v in config.all_video()]
     bn = config.bottleneck
     rate_bps = bn.rate_mbps * 1e6
     access_rate = ns.DataRate(int(rate_bps * ACCESS_SPEEDUP))
-    max_rtt_s = max((f.rtt_ms for f in flows), default=10.0) / 1e3
+    max_rtt_s = max((rtt for rtt, _ in pairs), default=10.0) / 1e3
     configure_tcp_defaults(ns, config.segment_size_bytes, int(rate_bps * max(max_rtt_s, 0.1) / 8))
 
-    net = Dumbbell(queue_type=bn.queue.type)
+    net = Dumbbell(queue_type=bn.queue.type, n_flows=len(config.all_flows()))
     net.router_left, net.router_right = ns.CreateObject[ns.Node](), ns.CreateObject[ns.Node]()
-    for _ in flows:
+    for _ in pairs:
         net.senders.append(ns.CreateObject[ns.Node]())
         net.receivers.append(ns.CreateObject[ns.Node]())
     stack = ns.InternetStackHelper()
     for node in [net.router_left, net.router_right]:
         stack.Install(node)
-    for flow, s, r in zip(flows, net.senders, net.receivers):
-        cc = CC_TYPE_IDS[flow.cc] if flow.cc else "ns3::TcpCubic"
+    for (_, cc_name), s, r in zip(pairs, net.senders, net.receivers):
+        cc = CC_TYPE_IDS[cc_name]
         stack.Install(s)
         stack.Install(r)
         for node in (s, r):
@@ -110,15 +155,15 @@ def build_dumbbell(ns, config: SimulationConfig) -> Dumbbell:
     address = ns.Ipv4AddressHelper()
     address.SetBase(ns.Ipv4Address("10.0.0.0"), ns.Ipv4Mask("255.255.255.252"))
     address.Assign(bottleneck)
-    for i, (flow, s, r) in enumerate(zip(flows, net.senders, net.receivers)):
-        one_way_us = int(flow.rtt_ms * 500 - bn.delay_ms * 1000)
+    for i, ((rtt_ms, _), s, r) in enumerate(zip(pairs, net.senders, net.receivers)):
+        one_way_us = int(rtt_ms * 500 - bn.delay_ms * 1000)
         p2p.SetDeviceAttribute("DataRate", ns.DataRateValue(access_rate))
         p2p.SetChannelAttribute("Delay", ns.TimeValue(ns.MicroSeconds(max(one_way_us, 0))))
         left = p2p.Install(s, net.router_left)
         p2p.SetChannelAttribute("Delay", ns.TimeValue(ns.MicroSeconds(0)))
         right = p2p.Install(net.router_right, r)
         address.SetBase(ns.Ipv4Address(f"10.1.{i}.0"), ns.Ipv4Mask("255.255.255.252"))
-        address.Assign(left)
+        net.sender_addresses.append(address.Assign(left).GetAddress(0))
         address.SetBase(ns.Ipv4Address(f"10.2.{i}.0"), ns.Ipv4Mask("255.255.255.252"))
         net.receiver_addresses.append(address.Assign(right).GetAddress(1))
     ns.Ipv4GlobalRoutingHelper.PopulateRoutingTables()

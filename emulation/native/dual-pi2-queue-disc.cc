@@ -236,12 +236,17 @@ DualPi2QueueDisc::GetClassicProbability() const
     return m_pC.Get();
 }
 
-void
+bool
 DualPi2QueueDisc::SetBaseProbability(double pPrime)
 {
-    NS_ABORT_MSG_IF(!(pPrime >= 0.0 && pPrime <= 1.0), "DualPi2QueueDisc: p' must be in [0, 1], got " << pPrime);
+    if (!(pPrime >= 0.0 && pPrime <= 1.0))
+    {
+        NS_LOG_WARN("rejected p' outside [0, 1]: " << pPrime);
+        return false;
+    }
     m_pPrime = pPrime;
     UpdateProbabilityTraces();
+    return true;
 }
 
 void

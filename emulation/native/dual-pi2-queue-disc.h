@@ -19,7 +19,6 @@
 
 #include <functional>
 
-class DualPi2QueueDiscTestCase;
 
 namespace ns3
 {
@@ -85,9 +84,10 @@ class DualPi2QueueDisc : public QueueDisc
     double GetClassicProbability() const;
     /**
      * Set p' from outside (an external controller owns the PI2 update when
-     * ExternalControl is true). Rejects values outside [0, 1].
+     * ExternalControl is true). Returns false, leaving p' unchanged, for
+     * values outside [0, 1] (a caller error must not abort the simulation).
      */
-    void SetBaseProbability(double pPrime);
+    bool SetBaseProbability(double pPrime);
     /** Called every Tupdate instead of the PI2 update when ExternalControl is true. */
     void SetExternalUpdateHook(std::function<void()> hook);
 
@@ -98,7 +98,6 @@ class DualPi2QueueDisc : public QueueDisc
     void DoDispose() override;
 
   private:
-    friend class ::DualPi2QueueDiscTestCase;
 
     bool DoEnqueue(Ptr<QueueDiscItem> item) override;
     Ptr<QueueDiscItem> DoDequeue() override;

@@ -101,7 +101,7 @@ TcpBulkSender::StartApplication()
     Ptr<TcpSocketBase> base = DynamicCast<TcpSocketBase>(m_socket);
     ObjectFactory cc;
     cc.SetTypeId(m_congestionControl);
-    if (m_congestionControl.GetName() == "ns3::TcpDctcp")
+    if (m_congestionControl.IsChildOf(TypeId::LookupByName("ns3::TcpDctcp")) || m_congestionControl.GetName() == "ns3::TcpDctcp")
     {
         cc.Set("UseEct0", BooleanValue(m_useEct0));
     }

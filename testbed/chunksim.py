@@ -1,0 +1,426 @@
+"""The Pensieve-style chunk-level ABR simulator, for cross-checking the packet-level runs.
+
+A session walks one bandwidth trace ("fixed" evaluation: no noise, from the
+trace's second line, start quality index 1):
+
+- a chunk of S bytes is delivered at ``rate x dt x 0.95`` bytes per trace
+  interval, line ``i`` of the trace giving the rate over ``(t[i-1], t[i]]``,
+  and the trace wraps to its second line at its end;
+- ``delay = download time + RTT`` (80 ms), ``rebuffer = max(delay - buffer, 0)``,
+  ``buffer = max(buffer - delay, 0) + chunk duration``;
+- above the 60 s buffer cap the client waits whole 0.5 s steps until the
+  buffer is back under the cap (not after the last chunk); the trace runs on
+  while it waits, but the RTT never consumes trace time.
+
+The first chunk is fetched at the start quality without asking the policy,
+as in Pensieve; the policy decides every later chunk from an
+:class:`AbrObservation` built by :meth:`VideoManifest.abr_observation`, the same
+builder the packet-level client uses. Times in the tables are session times:
+0 at the first request, advancing by each chunk's delay and wait.
+
+Run ``python -m testbed.chunksim --policy bba,rate,mpc,bola --traces DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from agents.abr import BBA, AbrPolicy, BolaE, RateBased, RobustMPC
+from agents.abr.qoe import QoeSummary, qoe_lin_terms
+from agents.decisions import SCHEMA as DECISIONS_SCHEMA
+from agents.decisions import DecisionLog
+from agents.policy import observe_reward
+from agents.protocol.control_points import ABR_HISTORY, ABR_HORIZON, AbrObservation
+from emulation.video import (
+    BandwidthTrace,
+    VideoManifest,
+    default_manifest,
+    default_traces,
+    load_manifest,
+    load_trace_set,
+)
+
+RTT_S = 0.08
+BUFFER_CAP_S = 60.0
+DRAIN_STEP_S = 0.5
+PAYLOAD_FRACTION = 0.95  # share of the link rate that carries chunk bytes (headers take the rest)
+START_QUALITY = 1
+CONTROL_POINT = "abr-0"
+
+#: Policies by the name the CLI and reports use.
+POLICIES: dict[str, Callable[[], AbrPolicy]] = {"bba": BBA, "rate": RateBased, "mpc": RobustMPC, "bola": BolaE}
+
+VIDEO_COLUMNS = [
+    "client",
+    "chunk",
+    "quality",
+    "bitrate_bps",
+    "chunk_bytes",
+    "request_s",
+    "first_byte_s",
+    "last_byte_s",
+    "download_s",
+    "throughput_bps",
+    "buffer_before_s",
+    "buffer_after_s",
+    "rebuffer_s",
+    "wait_s",
+    "qoe_bitrate_mbps",
+    "qoe_rebuffer_penalty",
+    "qoe_smoothness_penalty",
+    "qoe_lin",
+]
+
+
+class _TraceCursor:
+    """Pensieve's walk over a trace, line by line, wrapping to the second line at the end."""
+
+    def __init__(self, trace: BandwidthTrace) -> None:
+        if not np.any(trace.bandwidth_bps[1:] > 0):
+            raise ValueError(f"trace {trace.name}: every rate after the first line is 0, no chunk would finish")
+        self.times_s = trace.times_s
+        self.bytes_per_s = trace.bandwidth_bps / 8.0
+        self.index = 1
+        self.last_time_s = float(self.times_s[0])
+
+    def _next_line(self) -> None:
+        self.last_time_s = float(self.times_s[self.index])
+        self.index += 1
+        if self.index >= self.times_s.size:
+            self.index = 1
+            self.last_time_s = float(self.times_s[0])
+
+    def download(self, size_bytes: float) -> float:
+        """Deliver ``size_bytes``; return the transfer time in seconds."""
+        sent_bytes = 0.0
+        elapsed_s = 0.0
+        while True:
+            rate = self.bytes_per_s[self.index]
+            interval_s = self.times_s[self.index] - self.last_time_s
+            payload = rate * interval_s * PAYLOAD_FRACTION
+            if sent_bytes + payload > size_bytes:
+                fraction_s = (size_bytes - sent_bytes) / rate / PAYLOAD_FRACTION
+                self.last_time_s += fraction_s
+                return elapsed_s + fraction_s
+            sent_bytes += payload
+            elapsed_s += interval_s
+            self._next_line()
+
+    def idle(self, wait_s: float) -> None:
+        """Let ``wait_s`` of trace time pass without a transfer."""
+        while True:
+            interval_s = self.times_s[self.index] - self.last_time_s
+            if interval_s > wait_s:
+                self.last_time_s += wait_s
+                return
+            wait_s -= interval_s
+            self._next_line()
+
+
+@dataclass
+class SessionResult:
+    """One session: ``video`` has the video.parquet columns, ``decisions`` the decisions.parquet ones."""
+
+    video: pd.DataFrame
+    decisions: pd.DataFrame
+
+
+def run_session(
+    policy: AbrPolicy,
+    trace: BandwidthTrace,
+    manifest: VideoManifest,
+    rtt_s: float = RTT_S,
+    buffer_cap_s: float = BUFFER_CAP_S,
+    start_quality: int = START_QUALITY,
+    client: str = "chunksim",
+) -> SessionResult:
+    """Play the whole video over ``trace`` with ``policy`` choosing every chunk after the first.
+
+    ``decisions`` holds one row per policy decision plus a final ``done`` row
+    that carries the last chunk's reward; nothing is chosen there, so its
+    action is ``[nan]`` (readers take actions from all rows but the last).
+    """
+    if not 0 <= start_quality < manifest.n_levels:
+        raise ValueError(f"start_quality must be in [0, {manifest.n_levels - 1}], got {start_quality}")
+    if rtt_s < 0 or buffer_cap_s < manifest.chunk_duration_s:
+        raise ValueError(f"need rtt_s >= 0 and buffer_cap_s >= one chunk, got {rtt_s}, {buffer_cap_s}")
+    policy.reset()
+    cursor = _TraceCursor(trace)
+    clock_s = 0.0
+    buffer_s = 0.0
+    wait_s = 0.0
+    last_quality = start_quality
+    last_rebuffer_s = 0.0
+    reward = 0.0
+    throughputs_bps: list[float] = []
+    download_times_s: list[float] = []
+    video_rows: list[dict] = []
+    decision_rows: list[dict] = []
+
+    for chunk in range(manifest.n_chunks):
+        quality = start_quality
+        if chunk > 0:
+            obs = manifest.abr_observation(
+                chunk, last_quality, buffer_s, last_rebuffer_s, throughputs_bps, download_times_s
+            )
+            started = time.perf_counter()
+            quality = policy.act(obs)
+            decision_ms = (time.perf_counter() - started) * 1e3
+            quality = _check_quality(policy, quality, manifest.n_levels, chunk)
+            decision_rows.append(
+                _decision_row(policy, chunk - 1, clock_s, obs, [quality], reward, decision_ms, False, trace, chunk)
+            )
+
+        size_bytes = int(manifest.chunk_bytes[quality, chunk])
+        delay_s = cursor.download(size_bytes) + rtt_s
+        rebuffer_s = max(delay_s - buffer_s, 0.0)
+        buffer_before_s = buffer_s
+        buffer_s = max(buffer_s - delay_s, 0.0) + manifest.chunk_duration_s
+        buffer_after_s = buffer_s
+
+        terms = qoe_lin_terms(
+            [manifest.bitrates_bps[quality]], [rebuffer_s], prev_bitrate_bps=manifest.bitrates_bps[last_quality]
+        )
+        reward = float(terms.total[0])
+        video_rows.append(
+            {
+                "client": client,
+                "chunk": chunk,
+                "quality": quality,
+                "bitrate_bps": float(manifest.bitrates_bps[quality]),
+                "chunk_bytes": size_bytes,
+                "request_s": clock_s,
+                "first_byte_s": clock_s + rtt_s,
+                "last_byte_s": clock_s + delay_s,
+                "download_s": delay_s,
+                "throughput_bps": size_bytes * 8.0 / delay_s,
+                "buffer_before_s": buffer_before_s,
+                "buffer_after_s": buffer_after_s,
+                "rebuffer_s": rebuffer_s,
+                "wait_s": wait_s,
+                "qoe_bitrate_mbps": float(terms.bitrate[0]),
+                "qoe_rebuffer_penalty": float(terms.rebuffer_penalty[0]),
+                "qoe_smoothness_penalty": float(terms.smoothness_penalty[0]),
+                "qoe_lin": reward,
+            }
+        )
+        observe_reward(policy, reward)
+        clock_s += delay_s
+        throughputs_bps.append(size_bytes * 8.0 / delay_s)
+        download_times_s.append(delay_s)
+        last_quality = quality
+        last_rebuffer_s = rebuffer_s
+
+        wait_s = 0.0
+        if buffer_s > buffer_cap_s and chunk + 1 < manifest.n_chunks:
+            wait_s = math.ceil((buffer_s - buffer_cap_s) / DRAIN_STEP_S) * DRAIN_STEP_S
+            buffer_s -= wait_s
+            cursor.idle(wait_s)
+            clock_s += wait_s
+
+    final_obs = manifest.abr_observation(
+        manifest.n_chunks, last_quality, buffer_s, last_rebuffer_s, throughputs_bps, download_times_s
+    )
+    decision_rows.append(
+        _decision_row(
+            policy, manifest.n_chunks - 1, clock_s, final_obs, [math.nan], reward, 0.0, True, trace, manifest.n_chunks
+        )
+    )
+    video = pd.DataFrame(video_rows, columns=VIDEO_COLUMNS)
+    return SessionResult(video, pd.DataFrame(decision_rows, columns=DECISIONS_SCHEMA.names))
+
+
+def _check_quality(policy: AbrPolicy, quality: object, n_levels: int, chunk: int) -> int:
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 0 <= quality < n_levels:
+        raise ValueError(
+            f"policy {policy.name} chose quality {quality!r} for chunk {chunk}; need an int in [0, {n_levels})"
+        )
+    return int(quality)
+
+
+def _decision_row(
+    policy: AbrPolicy,
+    step: int,
+    sim_time_s: float,
+    obs: AbrObservation,
+    action: list[float],
+    reward: float,
+    decision_ms: float,
+    done: bool,
+    trace: BandwidthTrace,
+    chunk: int,
+) -> dict:
+    return {
+        "control_point": CONTROL_POINT,
+        "step": step,
+        "sim_time_s": sim_time_s,
+        "policy": policy.name,
+        "role": "acting",
+        "obs": obs.to_vector().tolist(),
+        "action": [float(a) for a in action],
+        "reward": reward,
+        "decision_ms": decision_ms,
+        "fallback": False,
+        "done": done,
+        "info": json.dumps({"trace": trace.name, "chunk": chunk, "simulator": "chunksim"}),
+    }
+
+
+def simulate_session(
+    policy: AbrPolicy,
+    trace: BandwidthTrace,
+    manifest: VideoManifest,
+    rtt_s: float = RTT_S,
+    buffer_cap_s: float = BUFFER_CAP_S,
+    start_quality: int = START_QUALITY,
+    client: str = "chunksim",
+) -> pd.DataFrame:
+    """One session's video.parquet rows (see :func:`run_session`)."""
+    return run_session(policy, trace, manifest, rtt_s, buffer_cap_s, start_quality, client).video
+
+
+def write_decisions(df_or_steps: pd.DataFrame | Sequence[Mapping], path: str | Path, policy_name: str) -> Path:
+    """Write one control point's decision rows as a decisions.parquet (docs/run-directory.md).
+
+    Takes a ``SessionResult.decisions`` frame, several concatenated, or a list
+    of row dicts with the same columns; ``obs_fields`` is derived from the
+    observation length, so every row must come from the same ladder.
+    """
+    frame = df_or_steps if isinstance(df_or_steps, pd.DataFrame) else pd.DataFrame(list(df_or_steps))
+    missing = [c for c in DECISIONS_SCHEMA.names if c not in frame.columns]
+    if missing:
+        raise ValueError(f"decision rows lack columns {missing}")
+    if frame.empty:
+        raise ValueError("no decision rows to write")
+    control_points = frame["control_point"].unique()
+    obs_sizes = {len(o) for o in frame["obs"]}
+    if len(control_points) != 1 or len(obs_sizes) != 1:
+        raise ValueError(
+            f"one file holds one control point with one observation layout, got control points "
+            f"{list(control_points)} and observation lengths {sorted(obs_sizes)}"
+        )
+    n_levels = (obs_sizes.pop() - len(AbrObservation.SCALARS) - 2 * ABR_HISTORY) // (1 + ABR_HORIZON)
+    obs_fields = AbrObservation.field_names(n_levels)
+    with DecisionLog(path, str(control_points[0]), "abr", obs_fields, policy_name) as log:
+        for row in frame.itertuples(index=False):
+            log.append(
+                step=row.step,
+                sim_time_s=row.sim_time_s,
+                policy=row.policy,
+                role=row.role,
+                obs=row.obs,
+                action=row.action,
+                reward=row.reward,
+                decision_ms=row.decision_ms,
+                fallback=row.fallback,
+                done=row.done,
+                info=row.info,
+            )
+    return Path(path)
+
+
+def evaluate(
+    policies: Mapping[str, Callable[[], AbrPolicy]],
+    traces: Sequence[BandwidthTrace],
+    manifest: VideoManifest,
+    out_dir: str | Path | None = None,
+    decisions: bool = False,
+) -> pd.DataFrame:
+    """Run every policy over every trace; one row per (policy, trace).
+
+    ``qoe_lin`` is the session mean excluding the first chunk (the headline
+    number of the literature). With ``out_dir``, each policy's sessions land in
+    ``out_dir/<policy>/video.parquet`` (``client`` = trace name) and, with
+    ``decisions``, ``decisions.parquet``.
+    """
+    rows = []
+    for key, factory in policies.items():
+        policy = factory()
+        videos, decision_frames = [], []
+        for trace in traces:
+            result = run_session(policy, trace, manifest, client=trace.name)
+            summary = QoeSummary.from_chunks(
+                result.video["bitrate_bps"],
+                result.video["rebuffer_s"],
+                manifest.chunk_duration_s,
+                prev_bitrate_bps=manifest.bitrates_bps[START_QUALITY],
+            )
+            acted = result.decisions.loc[~result.decisions["done"], "decision_ms"]
+            rows.append(
+                {
+                    "policy": key,
+                    "trace": trace.name,
+                    "qoe_lin": summary.qoe_lin_mean_after_first,
+                    "qoe_lin_all": summary.qoe_lin_mean,
+                    "avg_bitrate_bps": summary.avg_bitrate_bps,
+                    "rebuffer_s": summary.rebuffer_s,
+                    "rebuffer_ratio": summary.rebuffer_ratio,
+                    "rebuffer_count": summary.rebuffer_count,
+                    "switches": summary.switches,
+                    "startup_delay_s": summary.startup_delay_s,
+                    "decision_ms_p50": float(np.median(acted)),
+                }
+            )
+            videos.append(result.video)
+            decision_frames.append(result.decisions)
+        if out_dir is not None:
+            policy_dir = Path(out_dir) / key
+            policy_dir.mkdir(parents=True, exist_ok=True)
+            pd.concat(videos, ignore_index=True).to_parquet(policy_dir / "video.parquet", index=False)
+            if decisions:
+                write_decisions(pd.concat(decision_frames, ignore_index=True), policy_dir / "decisions.parquet", key)
+    return pd.DataFrame(rows)
+
+
+def summarize(evaluation: pd.DataFrame) -> pd.DataFrame:
+    """Per-policy means over traces, best QoE first."""
+    table = evaluation.groupby("policy").agg(
+        traces=("trace", "count"),
+        qoe_lin=("qoe_lin", "mean"),
+        avg_bitrate_mbps=("avg_bitrate_bps", lambda b: b.mean() / 1e6),
+        rebuffer_s=("rebuffer_s", "mean"),
+        switches=("switches", "mean"),
+        decision_ms_p50=("decision_ms_p50", "median"),
+    )
+    return table.sort_values("qoe_lin", ascending=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m testbed.chunksim", description=__doc__.split("\n")[0])
+    parser.add_argument("--policy", default="bba,rate,mpc,bola", help=f"comma-separated, from {sorted(POLICIES)}")
+    parser.add_argument("--traces", type=Path, help="trace file or directory (default: the shipped FCC traces)")
+    parser.add_argument("--limit", type=int, help="use only the first N traces (sorted by name)")
+    parser.add_argument("--manifest", type=Path, help="video_size_* directory (default: the shipped video1)")
+    parser.add_argument("--out", type=Path, help="write <out>/<policy>/video.parquet and <out>/evaluation.parquet")
+    parser.add_argument("--decisions", action="store_true", help="also write <out>/<policy>/decisions.parquet")
+    args = parser.parse_args(argv)
+
+    names = [n.strip() for n in args.policy.split(",") if n.strip()]
+    unknown = [n for n in names if n not in POLICIES]
+    if unknown or not names:
+        parser.error(f"unknown policy {unknown}; choose from {sorted(POLICIES)}")
+    if args.decisions and args.out is None:
+        parser.error("--decisions needs --out")
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be >= 1")
+    traces = load_trace_set(args.traces, args.limit) if args.traces else default_traces()[: args.limit]
+    manifest = load_manifest(args.manifest) if args.manifest else default_manifest()
+
+    evaluation = evaluate({n: POLICIES[n] for n in names}, traces, manifest, args.out, args.decisions)
+    if args.out is not None:
+        evaluation.to_parquet(args.out / "evaluation.parquet", index=False)
+    print(summarize(evaluation).to_string(float_format=lambda x: f"{x:.3f}"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

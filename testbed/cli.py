@@ -1,0 +1,98 @@
+"""The ``testbed`` command: thin argument parsing over library functions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from testbed.runner import DEFAULT_RUNS_DIR, default_run_dir, run_config
+from testbed.scenario import ScenarioError, list_scenarios, load_scenario
+
+
+def _fmt(value, unit: str = "", digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}{unit}"
+
+
+def format_summary(summary: dict) -> str:
+    """A short human-readable digest of summary.json."""
+    lines = [f"scenario {summary['scenario']}  seed {summary['seed']}  queue {summary['queue_type']}"]
+    for name, q in summary["queues"].items():
+        if q["count"]:
+            lines.append(
+                f"  {name} queue sojourn: mean {_fmt(q['mean_ms'], ' ms')}  p50 {_fmt(q['p50_ms'], ' ms')}  "
+                f"p99 {_fmt(q['p99_ms'], ' ms')}  p99.9 {_fmt(q['p999_ms'], ' ms')}"
+            )
+    for flow, f in summary["flows"].items():
+        lines.append(f"  flow {flow:<14} {f['kind']:<8} {_fmt(f['throughput_mbps'], ' Mbps')}")
+    lines.append(
+        f"  L:C ratio {_fmt(summary.get('l_c_ratio'))}  Jain {_fmt(summary.get('jain_index'), digits=3)}  "
+        f"utilisation {_fmt((summary.get('utilisation') or 0) * 100, ' %', 1)}"
+    )
+    for client, v in (summary.get("video") or {}).items():
+        lines.append(
+            f"  video {client:<12} QoE_lin {_fmt(v.get('qoe_lin_mean'), digits=3)}  "
+            f"bitrate {_fmt(v.get('avg_bitrate_kbps'), ' kbps', 0)}  rebuffer {_fmt(v.get('rebuffer_s'), ' s')}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    overrides = {"seed": args.seed, "duration_s": args.duration}
+    config = load_scenario(args.scenario, overrides)
+    run_dir = Path(args.out) if args.out else default_run_dir(config, Path(args.runs_dir))
+    print(f"running {config.name} (seed {config.seed}, {config.duration_s:g} s simulated) -> {run_dir}", file=sys.stderr)
+    result = run_config(config, run_dir, timeout_s=args.timeout)
+    if result.status != "ok":
+        print(f"run failed: {result.error}", file=sys.stderr)
+        return 1
+    print(format_summary(result.summary))
+    print(f"wall time {result.wall_s:.1f} s; results in {run_dir}", file=sys.stderr)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from agents.registry import policy_names
+
+    print("scenarios:")
+    for name, path in list_scenarios().items():
+        print(f"  {name:<22} {path}")
+    for control in ("aqm", "abr"):
+        print(f"{control} policies: {', '.join(policy_names(control))}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="testbed", description="L4S / ABR emulation testbed")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one scenario in a simulation process")
+    run.add_argument("scenario", help="scenario name from scenarios/ or a path to a YAML file")
+    run.add_argument("--seed", type=int, help="random seed (default: the scenario's)")
+    run.add_argument("--duration", type=float, help="simulated seconds (default: the scenario's)")
+    run.add_argument("--out", help="run directory (default: runs/<scenario>/<policy>/<seed>)")
+    run.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR), help="root of default run directories")
+    run.add_argument("--timeout", type=float, help="wall-clock limit in seconds")
+    run.set_defaults(func=cmd_run)
+
+    lst = sub.add_parser("list", help="list scenarios and policies")
+    lst.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ScenarioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

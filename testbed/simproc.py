@@ -1,0 +1,70 @@
+"""The simulation process: ``python -m testbed.simproc --config C --out DIR``.
+
+One simulation per process (ns-3's simulator is a process-wide singleton).
+This module composes the run from a resolved configuration: the network and
+flows (emulation), the video clients with their in-process ABR policies
+(agents), a trace-driven bottleneck, and control points served over the wire.
+It lives in testbed because it is the one place allowed to join emulation
+and agents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+import yaml
+
+from emulation.config import SimulationConfig
+from emulation.rundir import write_json
+
+log = logging.getLogger("testbed.simproc")
+
+
+def build_components(config: SimulationConfig) -> list:
+    components = []
+    if config.bottleneck.trace:
+        from emulation.video.link import TraceDrivenLink
+        from emulation.video.traces import load_trace
+
+        components.append(TraceDrivenLink(load_trace(config.bottleneck.trace), scale=config.bottleneck.trace_scale))
+    if config.video:
+        from agents.registry import make_policy
+        from emulation.video.session import VideoComponent
+
+        decide = {}
+        for client in config.all_video():
+            policy = make_policy("abr", client.abr)
+            decide[client.name] = policy.act
+        components.append(VideoComponent(config.all_video(), decide=decide))
+    return components
+
+
+def run(config_path: Path, out_dir: Path) -> int:
+    from emulation.simulation import run_simulation
+
+    config = SimulationConfig.model_validate(yaml.safe_load(Path(config_path).read_text()))
+    try:
+        summary = run_simulation(config, out_dir, components=build_components(config))
+    except Exception as exc:
+        write_json(out_dir / "sim-error.json", {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
+        print(f"simulation failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    log.info("done: %.1f s simulated in %.1f s wall", summary["sim_end_s"], summary["wall_s"])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m testbed.simproc", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True, help="resolved config.yaml of the run")
+    parser.add_argument("--out", type=Path, required=True, help="run directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s sim %(levelname)s %(message)s")
+    return run(args.config, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
