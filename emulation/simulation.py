@@ -80,7 +80,7 @@ def run_simulation(config: SimulationConfig, out_dir: Path, components: list | N
     rate_bps = config.bottleneck.rate_mbps * 1e6
     sim.capacity_bits_fn = lambda t0, t1: rate_bps * (t1 - t0)
     if config.bottleneck.capture:
-        ns.PointToPointHelper().EnablePcap(str(out_dir / "bottleneck"), sim.net.bottleneck_device, False, True)
+        ns.PointToPointHelper().EnablePcap(str(out_dir / "bottleneck"), sim.net.bottleneck_device, False, False)
     for component in sim.components:
         component.attach(sim)
 

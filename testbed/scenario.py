@@ -89,7 +89,12 @@ def load_scenario(name_or_path: str | Path, overrides: dict | None = None) -> Si
     path = resolve_scenario_path(name_or_path)
     data = read_scenario_data(path)
     data.setdefault("name", path.stem)
-    data = _apply_overrides(data, overrides or {})
+    overrides = dict(overrides or {})
+    if overrides.get("duration_s") is not None and "probes.warmup_s" not in overrides:
+        # A shortened run keeps a proportionate warm-up instead of failing validation.
+        warmup = float((data.get("probes") or {}).get("warmup_s", 2.0))
+        overrides["probes.warmup_s"] = min(warmup, 0.25 * float(overrides["duration_s"]))
+    data = _apply_overrides(data, overrides)
     try:
         return SimulationConfig.model_validate(data)
     except ValidationError as exc:
