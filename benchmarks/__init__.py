@@ -1,0 +1,1 @@
+"""Speed and scale measurements: they print figures, they never assert timings."""
