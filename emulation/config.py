@@ -119,6 +119,44 @@ class VideoClientConfig(_Strict):
         return [self.model_copy(update={"name": f"{self.name}-{i + 1}", "count": 1}) for i in range(self.count)]
 
 
+class AqmRewardWeights(_Strict):
+    """Weights of the AQM reward (see emulation/control_points.py)."""
+
+    utilisation: float = 1.0
+    l_delay: float = 1.0
+    c_delay: float = 0.5
+    drops: float = 1.0
+    l_target_s: float = Field(0.001, gt=0)
+    c_target_s: float = Field(0.015, gt=0)
+
+
+class AqmControlConfig(_Strict):
+    """The DualPI2 p' served by an agent over the ns3-gym protocol."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(5555, ge=1, le=65535)
+    timeout_s: float = Field(30.0, gt=0)
+    #: box: p' in [0, 1] (float64); discrete: index into aqm_action_grid(n_actions)
+    action: Literal["box", "discrete"] = "box"
+    n_actions: int = Field(17, ge=2, le=1024)
+    #: ask the agent every k-th Tupdate tick; p' holds in between
+    every_k: int = Field(1, ge=1)
+    reward: AqmRewardWeights = Field(default_factory=AqmRewardWeights)
+
+
+class AbrControlConfig(_Strict):
+    """Video clients' quality choices served by agents: client i uses port + i."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(5600, ge=1, le=65535)
+    timeout_s: float = Field(30.0, gt=0)
+
+
+class ControlConfig(_Strict):
+    aqm: AqmControlConfig | None = None
+    abr: AbrControlConfig | None = None
+
+
 class ProbeConfig(_Strict):
     #: queue and flow sampling interval
     interval_ms: float = Field(10.0, gt=0)
@@ -137,6 +175,8 @@ class SimulationConfig(_Strict):
     flows: list[FlowConfig] = Field(default_factory=list)
     video: list[VideoClientConfig] = Field(default_factory=list)
     probes: ProbeConfig = Field(default_factory=ProbeConfig)
+    #: control points served over the wire (absent: in-queue PI2, in-process ABR)
+    control: ControlConfig = Field(default_factory=ControlConfig)
     #: TCP segment size in bytes
     segment_size_bytes: int = Field(1448, ge=536, le=8960)
 

@@ -52,6 +52,14 @@ class Simulation:
     #: summary entries components add
     summary_extra: dict = field(default_factory=dict)
     capacity_bits_fn: object = None
+    #: the first failure of a component inside the event loop; the run stops at once
+    error: BaseException | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        """Record a component's failure and stop the simulator (exceptions must not unwind C++)."""
+        if self.error is None:
+            self.error = exc
+            self.ns.Simulator.Stop()
 
 
 def _seed(ns, seed: int) -> None:
@@ -81,8 +89,12 @@ def run_simulation(config: SimulationConfig, out_dir: Path, components: list | N
     sim.capacity_bits_fn = lambda t0, t1: rate_bps * (t1 - t0)
     if config.bottleneck.capture:
         ns.PointToPointHelper().EnablePcap(str(out_dir / "bottleneck"), sim.net.bottleneck_device, False, False)
-    for component in sim.components:
-        component.attach(sim)
+    try:
+        for component in sim.components:
+            component.attach(sim)
+    except BaseException:
+        ns.Simulator.Destroy()
+        raise
 
     def drain() -> None:
         bottleneck.drain()
@@ -96,6 +108,7 @@ def run_simulation(config: SimulationConfig, out_dir: Path, components: list | N
         ns.Simulator.Run()
     except BaseException as exc:  # a component failed inside a callback: save what we have
         error = exc
+    error = error or sim.error
     wall_s = time.perf_counter() - wall_start
     for component in sim.components:
         try:
@@ -118,7 +131,7 @@ def run_simulation(config: SimulationConfig, out_dir: Path, components: list | N
     summary.update(sim.summary_extra)
     summary["sim_end_s"] = sim_end_s
     summary["wall_s"] = wall_s
-    summary["events_per_s"] = None
+    summary["status"] = "failed" if error is not None else "ok"
     write_json(out_dir / "summary.json", summary)
     ns.Simulator.Destroy()
     if error is not None:

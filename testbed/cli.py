@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from testbed.runner import DEFAULT_RUNS_DIR, default_run_dir, run_config
+from testbed.runner import DEFAULT_RUNS_DIR, default_run_dir, run_config, with_agents
 from testbed.scenario import ScenarioError, list_scenarios, load_scenario
 
 
@@ -42,9 +42,11 @@ def format_summary(summary: dict) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     overrides = {"seed": args.seed, "duration_s": args.duration}
     config = load_scenario(args.scenario, overrides)
-    run_dir = Path(args.out) if args.out else default_run_dir(config, Path(args.runs_dir))
+    aqm = None if args.aqm in (None, "dualpi2") else args.aqm.removesuffix("-agent")
+    config, agents = with_agents(config, aqm, args.abr, tuple(args.shadow), timeout_s=args.agent_timeout)
+    run_dir = Path(args.out) if args.out else default_run_dir(config, Path(args.runs_dir), agents)
     print(f"running {config.name} (seed {config.seed}, {config.duration_s:g} s simulated) -> {run_dir}", file=sys.stderr)
-    result = run_config(config, run_dir, timeout_s=args.timeout)
+    result = run_config(config, run_dir, timeout_s=args.timeout, agents=agents)
     if result.status != "ok":
         print(f"run failed: {result.error}", file=sys.stderr)
         return 1
@@ -75,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default: runs/<scenario>/<policy>/<seed>)")
     run.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR), help="root of default run directories")
     run.add_argument("--timeout", type=float, help="wall-clock limit in seconds")
+    run.add_argument("--aqm", help="AQM policy: dualpi2 (in-queue PI2, default) or an agent policy served over "
+                     "the wire (pi2, pie, fixed; 'pi2-agent' works too)")
+    run.add_argument("--abr", help="ABR policy served over the wire for every video client (bba, rate, mpc, bola)")
+    run.add_argument("--shadow", action="append", default=[], metavar="NAME",
+                     help="policy that shadows the acting one in each agent (repeatable)")
+    run.add_argument("--agent-timeout", type=float, default=30.0, help="seconds either side waits for the other")
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="list scenarios and policies")
@@ -86,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ScenarioError as exc:
+    except (ScenarioError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

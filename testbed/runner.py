@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,18 @@ class RunFailed(RuntimeError):
 
 
 @dataclass
+class AgentSpec:
+    """An agent process answering one control point of the run."""
+
+    control: str  # "aqm" or "abr"
+    policy: str
+    control_point: str
+    port: int
+    shadows: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+
+
+@dataclass
 class RunResult:
     run_dir: Path
     status: str
@@ -35,14 +48,65 @@ class RunResult:
     wall_s: float
 
 
-def policy_label(config: SimulationConfig) -> str:
-    parts = [config.bottleneck.queue.type]
-    parts += sorted({v.abr for v in config.all_video()})
-    return "+".join(parts)
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
-def default_run_dir(config: SimulationConfig, runs_dir: Path = DEFAULT_RUNS_DIR) -> Path:
-    return Path(runs_dir) / config.name / policy_label(config) / str(config.seed)
+def with_agents(config: SimulationConfig, aqm: str | None, abr: str | None, shadows: tuple[str, ...] = (),
+                timeout_s: float = 30.0) -> tuple[SimulationConfig, list[AgentSpec]]:
+    """Turn on the wire control points for the chosen policies; return the config and the agents to start."""
+    from emulation.config import AbrControlConfig, AqmControlConfig
+
+    agents: list[AgentSpec] = []
+    control = config.control.model_copy()
+    if aqm:
+        port = free_port()
+        control.aqm = (control.aqm or AqmControlConfig()).model_copy(update={"port": port, "timeout_s": timeout_s})
+        agents.append(AgentSpec("aqm", aqm, "aqm", port, shadows))
+    if abr:
+        clients = config.all_video()
+        if not clients:
+            raise ValueError(f"scenario '{config.name}' has no video clients for an ABR agent")
+        # Client i talks to port + i: reserve a contiguous block starting at a free port.
+        base = _free_block(len(clients))
+        control.abr = (control.abr or AbrControlConfig()).model_copy(update={"port": base, "timeout_s": timeout_s})
+        agents += [AgentSpec("abr", abr, f"abr-{c.name}", base + i, shadows) for i, c in enumerate(clients)]
+    return config.model_copy(update={"control": control}), agents
+
+
+def _free_block(n: int) -> int:
+    for _ in range(50):
+        base = free_port()
+        try:
+            socks = []
+            for i in range(n):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no block of {n} free ports found on 127.0.0.1")
+
+
+def policy_label(config: SimulationConfig, agents: list[AgentSpec] | None = None) -> str:
+    by_control = {a.control: a.policy for a in agents or []}
+    parts = [f"{by_control['aqm']}-agent" if "aqm" in by_control else config.bottleneck.queue.type]
+    if config.video:
+        parts.append(by_control.get("abr") or "+".join(sorted({v.abr for v in config.all_video()})))
+    label = "+".join(parts)
+    shadows = sorted({s for a in agents or [] for s in a.shadows})
+    return label + (f"+shadow-{'-'.join(shadows)}" if shadows else "")
+
+
+def default_run_dir(config: SimulationConfig, runs_dir: Path = DEFAULT_RUNS_DIR,
+                    agents: list[AgentSpec] | None = None) -> Path:
+    return Path(runs_dir) / config.name / policy_label(config, agents) / str(config.seed)
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -63,8 +127,41 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def run_config(config: SimulationConfig, run_dir: Path, timeout_s: float | None = None) -> RunResult:
-    """Run ``config`` in a simulation process writing into ``run_dir``."""
+def _start_agent(spec: AgentSpec, run_dir: Path, timeout_s: float) -> subprocess.Popen:
+    out = run_dir / "agents" / spec.control_point
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "agents", "serve", "--control", spec.control, "--policy", spec.policy,
+           "--port", str(spec.port), "--host", spec.host, "--out", str(out), "--timeout", str(timeout_s),
+           "--control-point", spec.control_point]
+    for shadow in spec.shadows:
+        cmd += ["--shadow", shadow]
+    log_file = open(run_dir / f"agent-{spec.control_point}.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    log_file.close()
+    return proc
+
+
+def _stop_agents(agent_procs: list, run_dir: Path, grace_s: float = 10.0) -> list[str]:
+    """Let agents finish writing their decisions, then make sure none is left running."""
+    errors = []
+    deadline = time.time() + grace_s
+    for spec, proc in agent_procs:
+        try:
+            rc = proc.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            rc = None
+        if rc not in (0, None):
+            errors.append(f"agent for {spec.control_point} ({spec.policy}) exited with code {rc}: "
+                          f"{_tail(run_dir / f'agent-{spec.control_point}.log', 3)}")
+        else:
+            _kill_group(proc)
+    return errors
+
+
+def run_config(config: SimulationConfig, run_dir: Path, timeout_s: float | None = None,
+               agents: list[AgentSpec] | None = None) -> RunResult:
+    """Run ``config`` in a simulation process writing into ``run_dir``, with its agent processes."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(run_dir / "config.yaml", config.model_dump(mode="json"))
@@ -74,17 +171,22 @@ def run_config(config: SimulationConfig, run_dir: Path, timeout_s: float | None 
         timeout_s = 120.0 + 20.0 * config.duration_s
     cmd = [sys.executable, "-m", "testbed.simproc", "--config", str(run_dir / "config.yaml"), "--out", str(run_dir)]
     error = None
-    with open(run_dir / "sim.log", "w") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            rc, error = None, f"simulation timed out after {timeout_s:.0f} s (see {run_dir / 'sim.log'})"
-        except BaseException:
-            _kill_group(proc)
-            write_json(run_dir / "status.json", {"state": "failed", "error": "interrupted", "started": started})
-            raise
+    agent_timeout_s = max((c.timeout_s for c in (config.control.aqm, config.control.abr) if c), default=30.0)
+    agent_procs = [(spec, _start_agent(spec, run_dir, agent_timeout_s)) for spec in agents or []]
+    try:
+        with open(run_dir / "sim.log", "w") as log_file:
+            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                rc = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                rc, error = None, f"simulation timed out after {timeout_s:.0f} s (see {run_dir / 'sim.log'})"
+            except BaseException:
+                _kill_group(proc)
+                write_json(run_dir / "status.json", {"state": "failed", "error": "interrupted", "started": started})
+                raise
+    finally:
+        agent_errors = _stop_agents(agent_procs, run_dir)
     wall_s = time.time() - started
     if rc not in (0, None) and error is None:
         err_file = run_dir / "sim-error.json"
@@ -92,6 +194,8 @@ def run_config(config: SimulationConfig, run_dir: Path, timeout_s: float | None 
             error = read_json(err_file)["error"]
         else:
             error = f"simulation process exited with code {rc}:\n{_tail(run_dir / 'sim.log')}"
+    if error is None and agent_errors:
+        error = "; ".join(agent_errors)
     summary_path = run_dir / "summary.json"
     summary = read_json(summary_path) if summary_path.exists() else None
     state = "ok" if error is None else "failed"

@@ -31,14 +31,27 @@ def build_components(config: SimulationConfig) -> list:
         from emulation.video.traces import load_trace
 
         components.append(TraceDrivenLink(load_trace(config.bottleneck.trace), scale=config.bottleneck.trace_scale))
+    if config.control.aqm is not None:
+        from emulation.control_points import AqmControlPoint
+
+        components.append(AqmControlPoint(config.control.aqm))
     if config.video:
         from agents.registry import make_policy
+        from emulation.control_points import AbrControlGroup, AbrControlPoint
+        from emulation.video.manifest import default_manifest, load_manifest
         from emulation.video.session import VideoComponent
 
-        decide = {}
-        for client in config.all_video():
-            policy = make_policy("abr", client.abr)
-            decide[client.name] = policy.act
+        decide, points = {}, []
+        for i, client in enumerate(config.all_video()):
+            if config.control.abr is not None:
+                manifest = load_manifest(client.manifest) if client.manifest else default_manifest()
+                point = AbrControlPoint(client.name, manifest.n_levels, config.control.abr, config.control.abr.port + i)
+                points.append(point)
+                decide[client.name] = point.decide
+            else:
+                decide[client.name] = make_policy("abr", client.abr).act
+        if points:
+            components.append(AbrControlGroup(points))
         components.append(VideoComponent(config.all_video(), decide=decide))
     return components
 
