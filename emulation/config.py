@@ -72,7 +72,7 @@ class FlowConfig(_Strict):
     max_bytes: int | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _check_kind(self) -> "FlowConfig":
+    def _check_kind(self) -> FlowConfig:
         if self.kind == "l4s":
             if self.cc not in (None, "dctcp"):
                 raise ValueError(f"flow '{self.name}': an l4s flow uses cc 'dctcp', not '{self.cc}'")
@@ -89,7 +89,7 @@ class FlowConfig(_Strict):
             raise ValueError(f"flow '{self.name}': stop_s ({self.stop_s}) must be after start_s ({self.start_s})")
         return self
 
-    def expanded(self) -> list["FlowConfig"]:
+    def expanded(self) -> list[FlowConfig]:
         if self.count == 1:
             return [self]
         return [self.model_copy(update={"name": f"{self.name}-{i + 1}", "count": 1}) for i in range(self.count)]
@@ -113,7 +113,7 @@ class VideoClientConfig(_Strict):
     #: play only the first N chunks (None = the whole manifest)
     n_chunks: int | None = Field(None, ge=1)
 
-    def expanded(self) -> list["VideoClientConfig"]:
+    def expanded(self) -> list[VideoClientConfig]:
         if self.count == 1:
             return [self]
         return [self.model_copy(update={"name": f"{self.name}-{i + 1}", "count": 1}) for i in range(self.count)]
@@ -181,7 +181,7 @@ class SimulationConfig(_Strict):
     segment_size_bytes: int = Field(1448, ge=536, le=8960)
 
     @model_validator(mode="after")
-    def _check(self) -> "SimulationConfig":
+    def _check(self) -> SimulationConfig:
         names = [f.name for f in self.all_flows()] + [v.name for v in self.all_video()]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

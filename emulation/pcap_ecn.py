@@ -56,7 +56,7 @@ def count_ecn(path: str | Path) -> pd.DataFrame:
     rows: dict[tuple, dict] = {}
     for (src, dst, proto, sport, dport, ecn), n in counts.items():
         key = (".".join(map(str, src)), ".".join(map(str, dst)), proto, sport, dport)
-        row = rows.setdefault(key, dict(zip(("src", "dst", "proto", "sport", "dport"), key)) | dict.fromkeys(ECN_NAMES, 0))
+        row = rows.setdefault(key, dict(zip(("src", "dst", "proto", "sport", "dport"), key, strict=True)) | dict.fromkeys(ECN_NAMES, 0))
         row[ECN_NAMES[ecn]] += n
     table = pd.DataFrame(list(rows.values()), columns=["src", "dst", "proto", "sport", "dport", *ECN_NAMES])
     return table.sort_values(["dport", "src"]).reset_index(drop=True)

@@ -135,7 +135,7 @@ def build_dumbbell(ns, config: SimulationConfig) -> Dumbbell:
     stack = ns.InternetStackHelper()
     for node in [net.router_left, net.router_right]:
         stack.Install(node)
-    for (_, cc_name), s, r in zip(pairs, net.senders, net.receivers):
+    for (_, cc_name), s, r in zip(pairs, net.senders, net.receivers, strict=True):
         cc = CC_TYPE_IDS[cc_name]
         stack.Install(s)
         stack.Install(r)
@@ -155,7 +155,7 @@ def build_dumbbell(ns, config: SimulationConfig) -> Dumbbell:
     address = ns.Ipv4AddressHelper()
     address.SetBase(ns.Ipv4Address("10.0.0.0"), ns.Ipv4Mask("255.255.255.252"))
     address.Assign(bottleneck)
-    for i, ((rtt_ms, _), s, r) in enumerate(zip(pairs, net.senders, net.receivers)):
+    for i, ((rtt_ms, _), s, r) in enumerate(zip(pairs, net.senders, net.receivers, strict=True)):
         one_way_us = int(rtt_ms * 500 - bn.delay_ms * 1000)
         p2p.SetDeviceAttribute("DataRate", ns.DataRateValue(access_rate))
         p2p.SetChannelAttribute("Delay", ns.TimeValue(ns.MicroSeconds(max(one_way_us, 0))))

@@ -60,7 +60,7 @@ class AqmObservation:
         names = cls.field_names()
         if values.size != len(names):
             raise ValueError(f"AQM observation needs {len(names)} values, got {values.size}")
-        return cls(**{n: float(v) for n, v in zip(names, values)})
+        return cls(**{n: float(v) for n, v in zip(names, values, strict=True)})
 
 
 @dataclass

@@ -43,7 +43,6 @@ class TraceDrivenLink:
         self.schedule = None
 
     def attach(self, sim) -> None:
-        ns = sim.ns
         access_bps = sim.config.bottleneck.rate_mbps * 1e6 * ACCESS_SPEEDUP
         peak_bps = float(self.rates_bps.max())
         if peak_bps > access_bps:
@@ -52,6 +51,7 @@ class TraceDrivenLink:
                 f"{access_bps / 1e6:.1f} Mbps ({ACCESS_SPEEDUP:g} x bottleneck.rate_mbps): raise bottleneck.rate_mbps "
                 f"to at least {peak_bps / 1e6 / ACCESS_SPEEDUP:.2f} so the traced link stays the bottleneck"
             )
+        ns = sim.ns
         device = ns.DynamicCast[ns.PointToPointNetDevice](sim.net.bottleneck_device)
         self.schedule = ns.CreateObject[ns.LinkRateSchedule]()
         self.schedule.SetAttribute("MinRate", ns.DataRateValue(ns.DataRate(int(round(self.min_rate_bps)))))

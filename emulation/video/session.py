@@ -94,8 +94,9 @@ class VideoComponent:
 
     ``decide`` maps client names to decision functions; a client without one
     uses the ABR its config names (``abr``). ``manifest_for`` gives each
-    client's video. After a run, ``last_observation[name]`` is the observation
-    of the client's latest decision, and ``clients[name]`` the C++ client.
+    client's video. ``last_observation[name]`` is the observation of the
+    client's latest decision; ``clients[name]`` and ``servers[name]`` are its
+    C++ applications (records and totals).
     """
 
     def __init__(
@@ -114,6 +115,7 @@ class VideoComponent:
         self._manifest_for = manifest_for
         self._sessions: dict[str, _Session] = {}
         self.clients: dict[str, object] = {}
+        self.servers: dict[str, object] = {}
         self.last_observation: dict[str, AbrObservation] = {}
 
     def attach(self, sim) -> None:
@@ -131,10 +133,12 @@ class VideoComponent:
                     f"video client '{config.name}': start_quality {config.start_quality} but {manifest.name} "
                     f"has {manifest.n_levels} levels"
                 )
-            session = _Session(config, manifest, self._decide.get(config.name) or self._policy_decide(config))
+            decide = self._decide[config.name] if config.name in self._decide else self._policy_decide(config)
+            session = _Session(config, manifest, decide)
             self._install(ns, net, net.video_pair(pair_of[config.name]), session)
             self._sessions[config.name] = session
             self.clients[config.name] = session.client
+            self.servers[config.name] = session.server
 
     def _policy_decide(self, config: VideoClientConfig) -> Decide:
         policy = make_policy("abr", config.abr)

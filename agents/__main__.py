@@ -1,0 +1,82 @@
+"""``python -m agents serve ...``: an agent process for one control point.
+
+Only argument parsing lives here; the loop is :func:`agents.serve.serve`.
+Exit status 0 after the requested episodes, 1 with a one-line error otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from agents.env import OpenGymEnv
+from agents.policy import CONTROLS
+from agents.registry import make_policy
+from agents.serve import serve
+
+_log = logging.getLogger("agents")
+
+
+def _policy_arg(text: str) -> tuple[str, Any]:
+    """KEY=VALUE, the value read as JSON when it parses (numbers, true/false) and as a string otherwise."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m agents", description="Agent processes for the testbed.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("serve", help="answer a simulation's control point over the ns3-gym protocol")
+    p.add_argument("--control", required=True, choices=CONTROLS, help="kind of control point")
+    p.add_argument("--policy", required=True, help="acting policy name (see agents.registry)")
+    p.add_argument("--shadow", action="append", default=[], metavar="NAME",
+                   help="shadow policy whose would-be actions are logged (repeatable)")
+    p.add_argument("--port", type=int, required=True, help="TCP port to bind (0 picks a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--out", default=None, metavar="DIR", help="run directory for decisions.parquet")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds to wait for each message")
+    p.add_argument("--episodes", type=int, default=1, help="simulations to serve, one after another")
+    p.add_argument("--control-point", default=None, metavar="NAME",
+                   help="control point name for the log (default: the control kind)")
+    p.add_argument("--policy-arg", action="append", default=[], type=_policy_arg, metavar="KEY=VALUE",
+                   help="keyword argument for the acting policy (repeatable)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    env: OpenGymEnv | None = None
+    try:
+        policy = make_policy(args.control, args.policy, **dict(args.policy_arg))
+        shadows = [make_policy(args.control, name) for name in args.shadow]
+        env = OpenGymEnv(port=args.port, host=args.host, timeout_s=args.timeout)
+        _log.info("serving %s policy %s%s on %s", args.control, policy.name,
+                  "".join(f" (shadow {s.name})" for s in shadows), env.endpoint)
+        result = serve(env, policy, shadows=shadows, out_dir=args.out, episodes=args.episodes,
+                       control_point=args.control_point)
+    except Exception as exc:
+        _log.debug("serve failed", exc_info=True)
+        message = " | ".join(line for line in str(exc).splitlines() if line.strip())
+        _log.error("%s: %s", type(exc).__name__, message)
+        return 1
+    finally:
+        if env is not None:
+            env.close()
+    _log.info("done: %d episode(s), %d decisions%s", result.episodes, result.decisions,
+              f", log {result.decisions_path}" if result.decisions_path else "")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""The simulation side of the ns3-gym bridge: one control point talking to one agent.
+
+Pure Python (pyzmq and the shared codec); the ns-3 glue calls it at each control
+tick. The simulation connects a REQ socket and speaks first (SimInitMsg), then
+alternates EnvStateMsg -> EnvActMsg. Every wait has a timeout, so a dead or
+stuck agent becomes a :class:`ControlPointError` naming the control point and
+endpoint instead of a hung simulation (ns3-gym's worst failure mode).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from array import array
+from typing import Any
+
+import numpy as np
+import zmq
+from gymnasium import spaces
+
+from agents.protocol import codec
+from agents.protocol import opengym_pb2 as pb
+
+_log = logging.getLogger(__name__)
+
+#: Most distinct Discrete replies remembered (an agent normally sends one encoding per action).
+DISCRETE_REPLY_CACHE = 4096
+
+#: Longest wait for the agent's reply to the final (game-over) state: the agent owes
+#: nothing after it, so closing must not stall the end of a simulation.
+CLOSE_REPLY_TIMEOUT_S = 2.0
+
+
+class ControlPointError(RuntimeError):
+    """A control point cannot get a valid action from its agent (timeout, bad action, malformed reply)."""
+
+
+class AgentStopped(ControlPointError):
+    """The agent asked the simulation to stop (stopSimReq)."""
+
+
+class OpenGymInterface:
+    """One control point's connection to an agent over the ns3-gym protocol.
+
+    ``step`` round-trip wall times are kept (``round_trips_s``) so the simulation
+    can report the control loop's cost.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        obs_space: spaces.Space,
+        act_space: spaces.Space,
+        host: str = "127.0.0.1",
+        port: int = 5555,
+        timeout_s: float = 30.0,
+    ):
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.name = name
+        self.obs_space = obs_space
+        self.act_space = act_space
+        self.host = host
+        self.port = int(port)
+        self.timeout_s = float(timeout_s)
+        self._obs_codec = codec.SpaceCodec(obs_space)
+        self._act_codec = codec.SpaceCodec(act_space)
+        self._socket: zmq.Socket | None = None
+        self._stopped = False
+        self._round_trips_s = array("d")
+        # A Discrete action's reply bytes map to one valid action: decode each distinct reply once (hot path).
+        self._cache_replies = isinstance(act_space, spaces.Discrete)
+        self._discrete_replies: dict[bytes, int] = {}
+        # Reused per step: the message object, filled in place, saves an allocation per field.
+        self._state_msg = pb.EnvStateMsg()
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://{self.host}:{self.port}"
+
+    @property
+    def connected(self) -> bool:
+        return self._socket is not None
+
+    @property
+    def round_trips_s(self) -> np.ndarray:
+        """Wall time of each ``step`` exchange (send state, receive action), in seconds."""
+        return np.frombuffer(self._round_trips_s, dtype=np.float64).copy()
+
+    def _where(self) -> str:
+        return f"control point '{self.name}' at {self.endpoint}"
+
+    def connect(self) -> None:
+        """Connect, announce the spaces and wait for the agent's SimInitAck."""
+        if self._socket is not None:
+            raise ControlPointError(f"{self._where()} is already connected")
+        init = codec.build_sim_init(self.obs_space, self.act_space, sim_process_id=os.getpid(), waf_shell_process_id=0)
+        sock = zmq.Context.instance().socket(zmq.REQ)
+        timeout_ms = max(1, round(self.timeout_s * 1000))
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+        sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
+        try:
+            sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise ControlPointError(f"cannot connect {self._where()}: {exc}") from exc
+        self._socket = sock
+        self._stopped = False
+        reply = self._exchange(init, "SimInitAck")
+        try:
+            _done, stop = codec.parse_sim_init_ack(reply)
+        except codec.ProtocolError as exc:
+            self._drop_socket()
+            raise ControlPointError(f"malformed SimInitAck from agent for {self._where()}: {exc}") from exc
+        if stop:
+            self._stopped = True
+            self._drop_socket()
+            raise AgentStopped(f"agent for {self._where()} refused the simulation (stopSimReq in SimInitAck)")
+
+    def step(self, obs: Any, reward: float, info: dict[str, Any]) -> Any:
+        """Send one state and return the agent's action, checked against the action space."""
+        msg = self._state_msg
+        try:
+            self._obs_codec.encode(obs, msg.obsData)
+        except codec.ProtocolError as exc:
+            raise ControlPointError(f"observation does not fit the space of {self._where()}: {exc}") from exc
+        msg.reward = float(reward)
+        msg.info = json.dumps(info)
+        t0 = time.perf_counter()
+        reply = self._exchange(msg.SerializeToString(), "EnvActMsg")
+        self._round_trips_s.append(time.perf_counter() - t0)
+        action = self._discrete_replies.get(reply)
+        if action is not None:
+            return action
+        try:
+            action, stop = codec.parse_env_act(reply, self._act_codec)
+        except codec.ProtocolError as exc:
+            raise ControlPointError(f"malformed action from agent for {self._where()}: {exc}") from exc
+        if stop:
+            self._stopped = True
+            self._drop_socket()
+            raise AgentStopped(f"agent for {self._where()} asked the simulation to stop (stopSimReq)")
+        if not self._act_codec.contains(action):
+            raise ControlPointError(
+                f"agent for {self._where()} sent action {action!r} outside the action space {self.act_space}"
+            )
+        if self._cache_replies and len(self._discrete_replies) < DISCRETE_REPLY_CACHE:
+            self._discrete_replies[reply] = action
+        return action
+
+    def close(
+        self, obs: Any, reward: float, info: dict[str, Any], reason: str = "SimulationEnd"
+    ) -> None:
+        """Send the final (game-over) state, wait briefly for the agent's reply, then close the socket.
+
+        Never raises for a missing reply: the simulation is ending anyway.
+        """
+        if reason not in codec.REASON_CODES:
+            raise ValueError(f"reason must be one of {sorted(codec.REASON_CODES)}, got {reason!r}")
+        sock = self._socket
+        if sock is None:
+            return
+        try:
+            if not self._stopped:
+                data = codec.build_env_state(
+                    self._obs_codec, obs, reward, game_over=True, reason=reason, info=json.dumps(info)
+                )
+                wait_ms = max(1, round(min(self.timeout_s, CLOSE_REPLY_TIMEOUT_S) * 1000))
+                sock.setsockopt(zmq.RCVTIMEO, wait_ms)
+                sock.setsockopt(zmq.SNDTIMEO, wait_ms)
+                sock.send(data)
+                sock.recv()
+        except zmq.ZMQError as exc:
+            # The agent is gone or slow: nothing is owed after the final state.
+            _log.debug("no reply to the final state for %s: %s", self._where(), exc)
+        except codec.ProtocolError as exc:
+            raise ControlPointError(f"final observation does not fit the space of {self._where()}: {exc}") from exc
+        finally:
+            self._drop_socket()
+
+    def _exchange(self, data: bytes, expected: str) -> bytes:
+        """Send one request and wait for its reply; any failure closes the (now unusable) REQ socket."""
+        sock = self._socket
+        if sock is None:
+            raise ControlPointError(f"{self._where()} is not connected (connect() first, or it was closed)")
+        try:
+            sock.send(data)
+            return sock.recv()
+        except zmq.Again as exc:
+            self._drop_socket()
+            raise ControlPointError(
+                f"no answer from agent for {self._where()} within {self.timeout_s:g} s (waiting for {expected})"
+            ) from exc
+        except zmq.ZMQError as exc:
+            self._drop_socket()
+            raise ControlPointError(f"wire error for {self._where()} waiting for {expected}: {exc}") from exc
+
+    def _drop_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None

@@ -1,0 +1,175 @@
+"""The LLM policy as the agent process uses it: one decision per observation, KV cache kept across steps.
+
+Public API (small and stable)::
+
+    decider = LlmDecider.from_checkpoint(path, device="auto", dtype="auto")
+    decider.reset()                        # before each episode
+    index = decider.decide(obs, reward)    # -> int action index
+    decider.latency_ms                     # list[float]: wall time of each decide() call, in ms
+    decider.action_values                  # AQM: np.ndarray, the p' of each index; ABR: None
+
+* ``obs`` maps observation field names (those in the checkpoint's ``obs_fields``, as the
+  simulator's layouts name them) to values; extra keys are ignored.
+* ``reward`` is the reward that arrived with this observation, i.e. for the previous action;
+  it is ignored on the first call after :meth:`LlmDecider.reset`.
+* ABR: the index is the quality level. AQM: apply ``action_values[index]`` as p'.
+* ``device="auto"``: CUDA in bfloat16 when available, else CPU in float32.
+
+``LlmDecider.untrained(task, backbone_dir, n_actions, obs_fields=...)`` builds the same
+pipeline with random encoders and identity feature statistics, for runs without a
+checkpoint (latency measurements, plumbing tests): its actions mean nothing.
+
+Decisions are greedy by default. The target return starts at the pool's maximum scaled
+return and the scaled reward achieved is subtracted after each step (decision-transformer
+conditioning). See :mod:`llm.policy` for the KV cache and the cost of sliding the window.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llm.backbone import load_backbone, resolve_dtype
+from llm.features import RewardScale, feature_spec, p_prime_grid
+from llm.policy import DEFAULT_WINDOW, DecisionSession, DecisionTransformerPolicy, PolicyConfig, build_policy
+from llm.train import load_policy
+
+
+def resolve_device(device: str, dtype: str | torch.dtype) -> tuple[torch.device, torch.dtype]:
+    """'auto' picks CUDA (bfloat16) when available, else CPU (float32); an explicit choice is kept."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_device = torch.device(device)
+    if dtype == "auto":
+        dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
+    return torch_device, resolve_dtype(dtype)
+
+
+class LlmDecider:
+    """One environment's decision loop around a :class:`DecisionTransformerPolicy` (see module docstring)."""
+
+    def __init__(
+        self,
+        policy: DecisionTransformerPolicy,
+        config: PolicyConfig,
+        keep_steps: int | None = None,
+        greedy: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.policy = policy.eval()
+        self.config = config
+        self.greedy = greedy
+        self.latency_ms: list[float] = []
+        self.action_values = None if config.action_values is None else np.asarray(config.action_values)
+        self._spec = config.features
+        self._session = DecisionSession(policy, batch_size=1, keep_steps=keep_steps)
+        self._device = policy.head.weight.device
+        self._generator = torch.Generator(device=self._device).manual_seed(seed)
+        self.reset()
+
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+    @property
+    def n_actions(self) -> int:
+        return self.config.n_actions
+
+    @property
+    def obs_fields(self) -> list[str]:
+        return list(self._spec.obs_fields)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        dtype: str | torch.dtype = "auto",
+        keep_steps: int | None = None,
+        merge_lora: bool = True,
+        greedy: bool = True,
+        seed: int = 0,
+    ) -> LlmDecider:
+        """Load a trained policy; LoRA is merged into the LM by default (same outputs, fewer matmuls)."""
+        torch_device, torch_dtype = resolve_device(device, dtype)
+        policy, config = load_policy(path, device=torch_device, dtype=torch_dtype, merge_lora=merge_lora)
+        return cls(policy, config, keep_steps=keep_steps, greedy=greedy, seed=seed)
+
+    @classmethod
+    def untrained(
+        cls,
+        task: str,
+        backbone_dir: str | Path,
+        n_actions: int,
+        *,
+        obs_fields: Sequence[str],
+        window: int = DEFAULT_WINDOW,
+        device: str = "auto",
+        dtype: str | torch.dtype = "auto",
+        keep_steps: int | None = None,
+        max_timestep: int = 1023,
+        seed: int = 0,
+    ) -> LlmDecider:
+        """Random encoders on a pretrained LM, features standardised with mean 0 / std 1: for latency, not decisions."""
+        torch_device, torch_dtype = resolve_device(device, dtype)
+        spec = feature_spec(task, list(obs_fields))
+        spec = replace(spec, mean=[0.0] * spec.n_values, std=[1.0] * spec.n_values)
+        config = PolicyConfig(
+            task=task,
+            backbone=str(Path(backbone_dir).resolve()),
+            n_actions=n_actions,
+            features=spec,
+            rewards=RewardScale(0.0, 1.0, 1.0),
+            max_timestep=max_timestep,
+            window=window,
+            action_values=p_prime_grid(n_actions).tolist() if task == "aqm" else None,
+        )
+        torch.manual_seed(seed)
+        lm = load_backbone(backbone_dir, dtype=torch_dtype, device=torch_device)
+        return cls(build_policy(config, lm, dtype=torch_dtype), config, keep_steps=keep_steps, seed=seed)
+
+    def reset(self) -> None:
+        """Start a new episode: empty context, target return back at the pool's maximum."""
+        self._session.reset()
+        self._rows: deque[np.ndarray] = deque(maxlen=self._spec.history_ticks)
+        self._target = self.config.rewards.max_return
+        self._step = 0
+        self._prev_action: torch.Tensor | None = None
+
+    def _vector(self, obs: Mapping[str, float]) -> np.ndarray:
+        try:
+            return np.array([obs[name] for name in self._spec.obs_fields], dtype=np.float64)
+        except KeyError as missing:
+            raise KeyError(f"observation lacks field {missing.args[0]!r} that this policy reads") from None
+
+    @torch.no_grad()
+    def decide(self, obs: Mapping[str, float], reward: float) -> int:
+        """The action index for ``obs``; ``reward`` is the one for the previous action."""
+        t0 = time.perf_counter()
+        self._rows.append(self._vector(obs))
+        state = self._spec.normalise(self._spec.raw_features(np.stack(self._rows))[-1:])
+        if self._step > 0:
+            self._target -= float(self.config.rewards.scale(reward))
+        rtg = self._target / self.config.rewards.return_divisor
+        timestep = min(self._step, self.config.max_timestep)
+        logits = self._session.step(
+            torch.tensor([rtg], dtype=torch.float32),
+            torch.from_numpy(state),
+            torch.tensor([timestep]),
+            self._prev_action,
+        )
+        if self.greedy:
+            action = logits.argmax(-1)
+        else:
+            action = torch.multinomial(logits.softmax(-1), 1, generator=self._generator).squeeze(-1)
+        self._prev_action = action
+        self._step += 1
+        index = int(action.item())  # .item() waits for the device, so the wall time below is complete
+        self.latency_ms.append((time.perf_counter() - t0) * 1e3)
+        return index

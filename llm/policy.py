@@ -1,0 +1,378 @@
+"""The decision-transformer policy: learned token embeddings fed to a frozen (LoRA-adapted) causal LM.
+
+Each step becomes ``[return-to-go, state_1 .. state_S, action]`` tokens (``tokens_per_step``
+= S + 2), a window holds up to ``window`` steps, and a timestep embedding is added to every
+token of its step. The action logits of step t are read from its last state token, so the
+action token of step t only influences later steps (causal attention): training feeds whole
+windows, inference can append one step at a time.
+
+Inference keeps the LM's KV cache across steps (:class:`DecisionSession`). A decision appends
+only ``[action_{t-1}, return_t, state_t]`` (``tokens_per_step`` tokens) instead of
+re-encoding the window. Positions restart at 0 at the start of each window, as in training,
+and attention cannot drop a step from the cache exactly (every later key depends on it), so
+when the window is full the session rebuilds the cache from the last ``keep_steps`` steps:
+
+* ``keep_steps = window - 1`` reproduces "the last ``window`` steps" exactly, but then every
+  decision after the window fills re-encodes ``window`` steps: the same cost as no cache.
+* ``keep_steps = k < window - 1`` rebuilds once every ``window - k`` decisions, so a decision
+  costs ``tokens_per_step * (1 + k / (window - k))`` tokens amortised (k = w/2: 2 steps'
+  worth instead of w). The context then varies between k + 1 and ``window`` steps, which
+  training covers: the prediction at position j of a training window sees j earlier steps.
+
+The default is ``keep_steps = window // 2``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel
+
+from llm.backbone import hidden_size_of
+from llm.features import FeatureSpec, RewardScale, TokenSpec
+
+#: Window length in steps (NetLLM's w).
+DEFAULT_WINDOW = 20
+#: Channels of each state encoder before the projection to the LM width (NetLLM: 256).
+DEFAULT_CHANNELS = 256
+#: Kernel of the 1-D convolution over a series feature.
+SERIES_KERNEL = 4
+
+
+@dataclass
+class PolicyConfig:
+    """Everything besides weights needed to rebuild a policy and feed it: stored as policy_config.json."""
+
+    task: str
+    backbone: str  # 'default', or a model directory (relative paths are relative to the checkpoint)
+    n_actions: int
+    features: FeatureSpec
+    rewards: RewardScale
+    max_timestep: int
+    window: int = DEFAULT_WINDOW
+    channels: int = DEFAULT_CHANNELS
+    action_values: list[float] | None = None  # AQM: the p' of each action index; ABR: None
+    lora: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["features"] = self.features.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PolicyConfig:
+        data = dict(data)
+        data["features"] = FeatureSpec.from_dict(data["features"])
+        data["rewards"] = RewardScale(**data["rewards"])
+        return cls(**data)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> PolicyConfig:
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+class _ScalarEncoder(nn.Module):
+    """A group of scalars -> one token (NetLLM: linear + LeakyReLU, then a projection)."""
+
+    def __init__(self, width: int, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(width, channels), nn.LeakyReLU(), nn.Linear(channels, hidden))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class _SeriesEncoder(nn.Module):
+    """A history (or per-level vector) -> one token: 1-D conv, LeakyReLU, flatten, projection."""
+
+    def __init__(self, width: int, channels: int, hidden: int) -> None:
+        super().__init__()
+        kernel = min(SERIES_KERNEL, width)
+        self.conv = nn.Conv1d(1, channels, kernel)
+        self.proj = nn.Linear(channels * (width - kernel + 1), hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = F.leaky_relu(self.conv(x.reshape(-1, 1, x.shape[-1])))
+        return self.proj(y.flatten(1)).reshape(*lead, -1)
+
+
+def _decoder(backbone: nn.Module) -> nn.Module:
+    """The LM's transformer body (no vocabulary head), with any LoRA layers already injected in place."""
+    model = backbone.get_base_model() if isinstance(backbone, PeftModel) else backbone
+    return model.base_model
+
+
+class DecisionTransformerPolicy(nn.Module):
+    """State/return/action tokens through a frozen causal LM to action logits.
+
+    Inputs are already scaled: ``states`` normalised by the FeatureSpec, ``returns``
+    returns-to-go divided by the pool's maximum return, ``timesteps`` clipped to
+    ``max_timestep``.
+    """
+
+    def __init__(
+        self,
+        backbone: PreTrainedModel | PeftModel,
+        tokens: list[TokenSpec],
+        n_actions: int,
+        max_timestep: int,
+        window: int = DEFAULT_WINDOW,
+        channels: int = DEFAULT_CHANNELS,
+    ) -> None:
+        super().__init__()
+        if n_actions < 2:
+            raise ValueError(f"n_actions must be >= 2, got {n_actions}")
+        self.backbone = backbone
+        self.tokens = list(tokens)
+        self.n_actions = n_actions
+        self.max_timestep = max_timestep
+        self.window = window
+        hidden = hidden_size_of(backbone)
+        self.encoders = nn.ModuleList(
+            (_SeriesEncoder if t.kind == "series" else _ScalarEncoder)(t.width, channels, hidden) for t in self.tokens
+        )
+        self._slices = []
+        start = 0
+        for t in self.tokens:
+            self._slices.append(slice(start, start + t.width))
+            start += t.width
+        self.n_values = start
+        self.return_embed = nn.Linear(1, hidden)
+        self.action_embed = nn.Embedding(n_actions, hidden)
+        self.timestep_embed = nn.Embedding(max_timestep + 1, hidden)
+        nn.init.normal_(self.action_embed.weight, std=0.02)
+        nn.init.normal_(self.timestep_embed.weight, std=0.02)
+        # Start our tokens at the RMS of the LM's own token embeddings, the scale its layers were trained on.
+        self.embed_ln = nn.LayerNorm(hidden)
+        lm_rms = backbone.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt().item()
+        nn.init.constant_(self.embed_ln.weight, lm_rms)
+        self.head = nn.Linear(hidden, n_actions)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return len(self.tokens) + 2
+
+    @property
+    def n_state_tokens(self) -> int:
+        return len(self.tokens)
+
+    def policy_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights that are ours (encoders, embeddings, head), without the LM or its adapter."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    @property
+    def param_dtype(self) -> torch.dtype:
+        """dtype of our own modules (the LM may differ)."""
+        return self.head.weight.dtype
+
+    def step_tokens(self, returns: torch.Tensor, states: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """[return, state_1..state_S] embeddings of steps: (B, K), (B, K, D), (B, K) -> (B, K, S + 1, H)."""
+        dtype = self.param_dtype
+        states = states.to(dtype)
+        parts = [self.return_embed(returns.to(dtype).unsqueeze(-1))]
+        parts += [enc(states[..., sl]) for enc, sl in zip(self.encoders, self._slices, strict=True)]
+        tokens = torch.stack(parts, dim=-2) + self.timestep_embed(timesteps).unsqueeze(-2)
+        return self.embed_ln(tokens)
+
+    def action_tokens(self, actions: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Action embeddings: (B, K), (B, K) -> (B, K, 1, H)."""
+        return self.embed_ln(self.action_embed(actions) + self.timestep_embed(timesteps)).unsqueeze(-2)
+
+    def sequence(
+        self, returns: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """Token sequence of K steps, (B, K * tokens_per_step - missing, H).
+
+        ``actions`` has K entries, or K - 1 when the last step's action is still to be chosen.
+        """
+        k = returns.shape[1]
+        steps = self.step_tokens(returns, states, timesteps)
+        acts = self.action_tokens(actions, timesteps[:, : actions.shape[1]])
+        if actions.shape[1] == k:
+            return torch.cat([steps, acts], dim=2).flatten(1, 2)
+        if actions.shape[1] != k - 1:
+            raise ValueError(f"need {k} or {k - 1} actions for {k} steps, got {actions.shape[1]}")
+        head = torch.cat([steps[:, :-1], acts], dim=2).flatten(1, 2)
+        return torch.cat([head, steps[:, -1]], dim=1)
+
+    def run_lm(
+        self, embeds: torch.Tensor, cache: DynamicCache | None = None, start_position: int = 0
+    ) -> tuple[torch.Tensor, DynamicCache | None]:
+        """Run the LM body on ``inputs_embeds`` at positions ``start_position..``; returns hidden states and cache."""
+        b, n, _ = embeds.shape
+        positions = torch.arange(start_position, start_position + n, device=embeds.device).expand(b, n)
+        lm_dtype = self.backbone.get_input_embeddings().weight.dtype
+        out = _decoder(self.backbone)(
+            inputs_embeds=embeds.to(lm_dtype),
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=cache is not None,
+        )
+        return out.last_hidden_state, out.past_key_values if cache is not None else None
+
+    def forward(
+        self, returns: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """Action logits of every step of full windows: (B, K) ... -> (B, K, n_actions).
+
+        Windows are right-padded (causal attention keeps padding from touching real steps);
+        mask padded steps in the loss.
+        """
+        k = returns.shape[1]
+        if k > self.window:
+            raise ValueError(f"windows hold at most {self.window} steps, got {k}")
+        hidden, _ = self.run_lm(self.sequence(returns, states, actions, timesteps))
+        last_state = torch.arange(k, device=hidden.device) * self.tokens_per_step + self.n_state_tokens
+        return self.head(hidden[:, last_state].to(self.param_dtype))
+
+    def loss(
+        self,
+        returns: torch.Tensor,
+        states: torch.Tensor,
+        actions: torch.Tensor,
+        timesteps: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy to the logged actions over unpadded steps, and the greedy action accuracy."""
+        logits = self.forward(returns, states, actions, timesteps).float()
+        valid = mask.bool()
+        loss = F.cross_entropy(logits[valid], actions[valid])
+        accuracy = (logits[valid].argmax(-1) == actions[valid]).float().mean()
+        return loss, accuracy
+
+
+class DecisionSession:
+    """Step-by-step inference for ``batch_size`` environments acting in lockstep, reusing the KV cache.
+
+    Call :meth:`step` once per decision with the new return-to-go, state and timestep of
+    every environment and the action each applied after the previous decision (None on
+    the first). Environments share the step count, so no padding is needed; run one
+    session per group of environments that decide together.
+    """
+
+    def __init__(
+        self,
+        policy: DecisionTransformerPolicy,
+        batch_size: int = 1,
+        keep_steps: int | None = None,
+        use_cache: bool = True,
+    ) -> None:
+        window = policy.window
+        keep = window // 2 if keep_steps is None else keep_steps
+        if not 1 <= keep <= window - 1:
+            raise ValueError(f"keep_steps must be in [1, {window - 1}], got {keep}")
+        self.policy = policy
+        self.batch_size = batch_size
+        self.keep_steps = keep if use_cache else window - 1
+        self.use_cache = use_cache
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the episode: the next step starts a new context."""
+        self._returns: list[torch.Tensor] = []
+        self._states: list[torch.Tensor] = []
+        self._timesteps: list[torch.Tensor] = []
+        self._actions: list[torch.Tensor] = []
+        self._cache: DynamicCache | None = None
+        self.rebuilds = 0
+
+    @property
+    def context_steps(self) -> int:
+        """Steps in the current context, the one being decided included."""
+        return len(self._returns)
+
+    def context(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(returns, states, actions, timesteps) of the current context, for checks against a full forward."""
+        return (
+            torch.stack(self._returns, 1),
+            torch.stack(self._states, 1),
+            torch.stack(self._actions, 1) if self._actions else self._empty_actions(),
+            torch.stack(self._timesteps, 1),
+        )
+
+    def _empty_actions(self) -> torch.Tensor:
+        return torch.zeros(self.batch_size, 0, dtype=torch.long, device=self.policy.head.weight.device)
+
+    @torch.no_grad()
+    def step(
+        self,
+        returns: torch.Tensor,
+        states: torch.Tensor,
+        timesteps: torch.Tensor,
+        prev_actions: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Logits (B, n_actions) for this step; inputs (B,), (B, D), (B,) and the previous actions (B,)."""
+        device = self.policy.head.weight.device
+        if self._returns:
+            if prev_actions is None:
+                raise ValueError("prev_actions is required after the first step of an episode")
+            self._actions.append(prev_actions.to(device=device, dtype=torch.long).reshape(self.batch_size))
+        elif prev_actions is not None:
+            raise ValueError("the first step of an episode has no previous action")
+        slide = len(self._returns) == self.policy.window
+        if slide:
+            keep = self.keep_steps
+            for history in (self._returns, self._states, self._timesteps, self._actions):
+                del history[:-keep]
+        self._returns.append(returns.to(device).reshape(self.batch_size))
+        self._states.append(states.to(device).reshape(self.batch_size, -1))
+        self._timesteps.append(timesteps.to(device=device, dtype=torch.long).reshape(self.batch_size))
+
+        policy = self.policy
+        if not self.use_cache or slide or self._cache is None:
+            self.rebuilds += int(slide and self.use_cache)
+            embeds = policy.sequence(*self.context())
+            cache = DynamicCache() if self.use_cache else None
+            hidden, self._cache = policy.run_lm(embeds, cache, 0)
+        else:
+            action = policy.action_tokens(self._actions[-1][:, None], self._timesteps[-2][:, None])
+            state = policy.step_tokens(
+                self._returns[-1][:, None], self._states[-1][:, None], self._timesteps[-1][:, None]
+            )
+            new = torch.cat([action[:, 0], state[:, 0]], dim=1)
+            hidden, self._cache = policy.run_lm(new, self._cache, self._cache.get_seq_length())
+        return policy.head(hidden[:, -1].to(policy.param_dtype)).float()
+
+
+def build_policy(
+    config: PolicyConfig, backbone: PreTrainedModel | PeftModel, dtype: torch.dtype = torch.float32
+) -> DecisionTransformerPolicy:
+    """A policy shaped by ``config`` around ``backbone``: our modules in ``dtype``, on the backbone's device.
+
+    The backbone keeps its own dtype, so training can hold a bf16 LM under fp32 encoders.
+    """
+    policy = DecisionTransformerPolicy(
+        backbone,
+        config.features.tokens,
+        n_actions=config.n_actions,
+        max_timestep=config.max_timestep,
+        window=config.window,
+        channels=config.channels,
+    )
+    device = next(backbone.parameters()).device
+    for name, module in policy.named_children():
+        if name != "backbone":
+            module.to(device=device, dtype=dtype)
+    return policy
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in module.parameters())
+
+
+def amortised_tokens_per_decision(tokens_per_step: int, window: int, keep_steps: int) -> float:
+    """Tokens the LM encodes per decision at steady state with the cache (documents the slide's cost)."""
+    return tokens_per_step * (1 + keep_steps / (window - keep_steps))

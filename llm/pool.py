@@ -1,0 +1,350 @@
+"""Experience pools: trajectories read from ``decisions.parquet`` files, stored as parquet + manifest.json.
+
+Reading a decisions file (columns and metadata as documented for the run directory):
+
+* rows of ``role == "acting"`` form the trajectory; shadow policies' rows are skipped unless
+  ``include_shadow`` (then each shadow policy forms its own episodes with the *acting*
+  policy's states and rewards: good for imitation, not for return conditioning);
+* episodes are split by file and ``control_point``, in file order, and also after a row with
+  ``done`` or where ``step`` does not increase;
+* reward alignment: the ``reward`` of row t+1 is the reward of the action of row t, so an
+  episode of n rows gives n - 1 transitions and the final row supplies the last reward (its
+  own action, if any, never got one);
+* actions: ABR ``action[0]`` is the quality index; AQM ``action[0]`` is the p' applied,
+  mapped to the nearest index of the p' grid in log terms.
+
+The pool directory holds ``steps.parquet`` (one row per transition, raw observations kept so
+the pool can be featurised again) and ``manifest.json`` (task, obs_fields, n_actions, the
+fitted feature statistics, reward scale, sources and counts). No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from llm.features import (
+    AQM_HISTORY_TICKS,
+    AQM_N_ACTIONS,
+    FeatureSpec,
+    RewardScale,
+    feature_spec,
+    p_prime_grid,
+    p_prime_to_index,
+)
+
+STEPS_FILE = "steps.parquet"
+MANIFEST_FILE = "manifest.json"
+POOL_FORMAT = 1
+
+
+@dataclass
+class Episode:
+    """One trajectory: ``obs[t]`` (raw, by obs_fields), ``actions[t]`` (index), ``rewards[t]`` (raw reward of action t)."""
+
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    source: str
+    control_point: str
+    policy: str
+    role: str
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+@dataclass
+class Pool:
+    """A loaded pool: its manifest and its episodes."""
+
+    manifest: dict
+    episodes: list[Episode]
+
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
+
+    @property
+    def n_actions(self) -> int:
+        return int(self.manifest["n_actions"])
+
+    @property
+    def features(self) -> FeatureSpec:
+        return FeatureSpec.from_dict(self.manifest["features"])
+
+    @property
+    def rewards(self) -> RewardScale:
+        return RewardScale(**self.manifest["rewards"])
+
+    @property
+    def n_steps(self) -> int:
+        return sum(len(e) for e in self.episodes)
+
+    def check_compatible(self, other: Pool) -> None:
+        """Raise unless ``other`` has the same task, observation layout and action space."""
+        for key in ("task", "obs_fields", "n_actions"):
+            if self.manifest[key] != other.manifest[key]:
+                raise ValueError(f"pools differ in {key}: {self.manifest[key]!r} vs {other.manifest[key]!r}")
+
+    def flat(self, features: FeatureSpec, rewards: RewardScale, max_timestep: int) -> dict[str, np.ndarray]:
+        """All steps concatenated, scaled for the model with the given (training pool's) statistics.
+
+        Returns ``states`` (N, D) float32, ``actions`` (N,), ``returns`` (N,) returns-to-go over
+        the pool's maximum return, ``timesteps`` (N,) clipped to ``max_timestep``, and
+        ``episode_start`` / ``episode_end`` (N,), the index range of each step's episode.
+        """
+        states, actions, returns, timesteps, starts, ends = [], [], [], [], [], []
+        offset = 0
+        for ep in self.episodes:
+            n = len(ep)
+            states.append(features.normalise(features.raw_features(ep.obs)))
+            actions.append(ep.actions.astype(np.int64))
+            scaled = rewards.scale(ep.rewards)
+            returns.append((np.cumsum(scaled[::-1])[::-1] / rewards.return_divisor).astype(np.float32))
+            timesteps.append(np.minimum(np.arange(n), max_timestep))
+            starts.append(np.full(n, offset))
+            ends.append(np.full(n, offset + n))
+            offset += n
+        return {
+            "states": np.concatenate(states),
+            "actions": np.concatenate(actions),
+            "returns": np.concatenate(returns),
+            "timesteps": np.concatenate(timesteps).astype(np.int64),
+            "episode_start": np.concatenate(starts).astype(np.int64),
+            "episode_end": np.concatenate(ends).astype(np.int64),
+        }
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    raw = pq.read_schema(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def _obs_matrix(column: pa.ChunkedArray, width: int, path: Path) -> np.ndarray:
+    values = column.combine_chunks()
+    lengths = values.value_lengths().to_numpy(zero_copy_only=False)
+    if len(lengths) and not np.all(lengths == width):
+        raise ValueError(f"{path}: obs vectors of length {sorted(set(lengths.tolist()))}, obs_fields name {width}")
+    return values.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(lengths), width)
+
+
+def _split_points(steps: np.ndarray, done: np.ndarray) -> list[int]:
+    """Row indices where a new episode starts (after a done row, or where step does not increase)."""
+    cuts = [i for i in range(1, len(steps)) if done[i - 1] or steps[i] <= steps[i - 1]]
+    return [0, *cuts, len(steps)]
+
+
+def read_decisions(
+    path: str | Path, task: str, n_actions: int | None = None, include_shadow: bool = False
+) -> tuple[list[str], list[Episode], int]:
+    """Episodes of one decisions.parquet: (obs_fields, episodes, episodes skipped for having < 2 rows)."""
+    path = Path(path)
+    meta = _metadata(path)
+    for key in ("obs_fields", "control"):
+        if key not in meta:
+            raise ValueError(f"{path}: parquet metadata has no {key!r} (not a decisions.parquet?)")
+    if meta["control"] != task:
+        raise ValueError(f"{path}: control is {meta['control']!r}, not {task!r}")
+    obs_fields = json.loads(meta["obs_fields"])
+    table = pq.read_table(path, columns=["control_point", "step", "policy", "role", "obs", "action", "reward", "done"])
+    obs = _obs_matrix(table.column("obs"), len(obs_fields), path)
+    action = pc.list_element(table.column("action"), 0).to_numpy(zero_copy_only=False).astype(np.float64)
+    reward = table.column("reward").to_numpy(zero_copy_only=False).astype(np.float64)
+    step = table.column("step").to_numpy(zero_copy_only=False)
+    done = table.column("done").to_numpy(zero_copy_only=False).astype(bool)
+    control_point = np.asarray(table.column("control_point").to_pylist(), dtype=object)
+    policy = np.asarray(table.column("policy").to_pylist(), dtype=object)
+    role = np.asarray(table.column("role").to_pylist(), dtype=object)
+
+    if task == "abr":
+        n = sum(1 for f in obs_fields if f.startswith("bitrates_bps."))
+        if n_actions is not None and n_actions != n:
+            raise ValueError(f"{path}: ABR has {n} quality levels, n_actions {n_actions} was asked for")
+        n_actions = n
+    grid = p_prime_grid(n_actions or AQM_N_ACTIONS) if task == "aqm" else None
+
+    groups: list[tuple[np.ndarray, str]] = []
+    for cp in dict.fromkeys(control_point.tolist()):
+        rows = np.flatnonzero((control_point == cp) & (role == "acting"))
+        groups.append((rows, "acting"))
+        if include_shadow:
+            shadow = (control_point == cp) & (role == "shadow")
+            for name in dict.fromkeys(policy[shadow].tolist()):
+                groups.append((np.flatnonzero(shadow & (policy == name)), "shadow"))
+
+    episodes, skipped = [], 0
+    for rows, group_role in groups:
+        bounds = _split_points(step[rows], done[rows])
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            ep_rows = rows[a:b]
+            if len(ep_rows) < 2:
+                skipped += 1
+                continue
+            acts = action[ep_rows[:-1]]
+            if np.any(~np.isfinite(acts)):
+                raise ValueError(f"{path}: missing or non-finite action in control point {control_point[ep_rows[0]]!r}")
+            if task == "aqm":
+                indices = p_prime_to_index(acts, grid)
+            else:
+                indices = np.rint(acts).astype(np.int64)
+                if np.any(indices < 0) or np.any(indices >= n_actions):
+                    raise ValueError(f"{path}: ABR quality index outside [0, {n_actions})")
+            episodes.append(
+                Episode(
+                    obs=obs[ep_rows[:-1]],
+                    actions=indices.astype(np.int64),
+                    rewards=reward[ep_rows[1:]],
+                    source=str(path),
+                    control_point=str(control_point[ep_rows[0]]),
+                    policy=str(policy[ep_rows[0]]),
+                    role=group_role,
+                )
+            )
+    return obs_fields, episodes, skipped
+
+
+def _episodes_table(episodes: list[Episode]) -> pa.Table:
+    rows = {k: [] for k in ("episode", "step", "obs", "action", "reward", "source", "control_point", "policy", "role")}
+    for i, ep in enumerate(episodes):
+        n = len(ep)
+        rows["episode"] += [i] * n
+        rows["step"] += list(range(n))
+        rows["obs"] += list(ep.obs)
+        rows["action"] += ep.actions.tolist()
+        rows["reward"] += ep.rewards.tolist()
+        for key in ("source", "control_point", "policy", "role"):
+            rows[key] += [getattr(ep, key)] * n
+    return pa.table(
+        {
+            "episode": pa.array(rows["episode"], pa.int32()),
+            "step": pa.array(rows["step"], pa.int32()),
+            "obs": pa.array([o.tolist() for o in rows["obs"]], pa.list_(pa.float64())),
+            "action": pa.array(rows["action"], pa.int32()),
+            "reward": pa.array(rows["reward"], pa.float64()),
+            "source": pa.array(rows["source"], pa.string()),
+            "control_point": pa.array(rows["control_point"], pa.string()),
+            "policy": pa.array(rows["policy"], pa.string()),
+            "role": pa.array(rows["role"], pa.string()),
+        }
+    )
+
+
+def fit_statistics(spec: FeatureSpec, episodes: list[Episode]) -> tuple[FeatureSpec, RewardScale]:
+    """Feature statistics and reward scale of a set of episodes (the training data's, never a test set's)."""
+    fitted = spec.fit(np.concatenate([spec.raw_features(ep.obs) for ep in episodes]))
+    rewards = np.concatenate([ep.rewards for ep in episodes])
+    if not np.all(np.isfinite(rewards)):
+        raise ValueError("rewards contain NaN or inf")
+    bounds = RewardScale(float(rewards.min()), float(rewards.max()), 0.0)
+    max_return = max(float(bounds.scale(ep.rewards).sum()) for ep in episodes)
+    return fitted, RewardScale(bounds.reward_min, bounds.reward_max, max_return)
+
+
+def _steps_by_policy(episodes: list[Episode]) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    for ep in episodes:
+        counts[ep.policy] += len(ep)
+    return dict(counts)
+
+
+def build_pool(
+    paths: list[str | Path],
+    out_dir: str | Path,
+    task: str,
+    n_actions: int | None = None,
+    include_shadow: bool = False,
+    history_ticks: int = AQM_HISTORY_TICKS,
+) -> Pool:
+    """Read decisions files into a pool, fit feature and reward statistics, write it to ``out_dir``.
+
+    ``n_actions``: AQM grid size (default 17); for ABR it is the number of quality levels.
+    """
+    if not paths:
+        raise ValueError("build_pool needs at least one decisions.parquet")
+    obs_fields: list[str] | None = None
+    episodes: list[Episode] = []
+    skipped = 0
+    for path in paths:
+        fields, eps, n_skipped = read_decisions(path, task, n_actions, include_shadow)
+        if obs_fields is None:
+            obs_fields = fields
+        elif fields != obs_fields:
+            raise ValueError(f"{path}: obs_fields differ from those of {paths[0]} (one pool holds one layout)")
+        episodes += eps
+        skipped += n_skipped
+    if not episodes:
+        raise ValueError(f"no episode with at least two acting rows in {len(paths)} file(s)")
+
+    spec, scale = fit_statistics(feature_spec(task, obs_fields, history_ticks), episodes)
+    if task == "aqm":
+        n_actions = n_actions or AQM_N_ACTIONS
+    else:
+        n_actions = sum(1 for f in obs_fields if f.startswith("bitrates_bps."))
+
+    manifest = {
+        "format": POOL_FORMAT,
+        "task": task,
+        "obs_fields": obs_fields,
+        "n_actions": n_actions,
+        "action_values": p_prime_grid(n_actions).tolist() if task == "aqm" else None,
+        "features": spec.to_dict(),
+        "rewards": {"reward_min": scale.reward_min, "reward_max": scale.reward_max, "max_return": scale.max_return},
+        "max_episode_steps": max(len(ep) for ep in episodes),
+        "include_shadow": include_shadow,
+        "sources": [str(Path(p).resolve()) for p in paths],
+        "counts": {
+            "files": len(paths),
+            "episodes": len(episodes),
+            "steps": sum(len(ep) for ep in episodes),
+            "skipped_episodes": skipped,
+            "steps_by_policy": _steps_by_policy(episodes),
+            "actions": np.bincount(np.concatenate([ep.actions for ep in episodes]), minlength=n_actions).tolist(),
+        },
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(_episodes_table(episodes), out / STEPS_FILE)
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    return Pool(manifest, episodes)
+
+
+def load_pool(pool_dir: str | Path) -> Pool:
+    """Read a pool written by :func:`build_pool`."""
+    pool_dir = Path(pool_dir)
+    manifest_path = pool_dir / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{pool_dir} is not an experience pool (no {MANIFEST_FILE})")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != POOL_FORMAT:
+        raise ValueError(f"{manifest_path}: pool format {manifest.get('format')!r}, this code reads {POOL_FORMAT}")
+    table = pq.read_table(pool_dir / STEPS_FILE)
+    width = len(manifest["obs_fields"])
+    obs = _obs_matrix(table.column("obs"), width, pool_dir / STEPS_FILE)
+    episode = table.column("episode").to_numpy()
+    action = table.column("action").to_numpy().astype(np.int64)
+    reward = table.column("reward").to_numpy()
+    text = {k: table.column(k).to_pylist() for k in ("source", "control_point", "policy", "role")}
+    bounds = np.flatnonzero(np.diff(episode)) + 1
+    episodes = []
+    for rows in np.split(np.arange(len(episode)), bounds):
+        i = rows[0]
+        episodes.append(
+            Episode(
+                obs=obs[rows],
+                actions=action[rows],
+                rewards=reward[rows],
+                source=text["source"][i],
+                control_point=text["control_point"][i],
+                policy=text["policy"][i],
+                role=text["role"][i],
+            )
+        )
+    return Pool(manifest, episodes)

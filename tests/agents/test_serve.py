@@ -1,0 +1,248 @@
+"""``python -m agents serve`` end to end, the serve loop, and the sim-side interface against a real agent process."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from gymnasium import spaces
+
+from agents.aqm import FixedProbability, Pi2Controller
+from agents.env import OpenGymEnv
+from agents.protocol.control_points import AbrObservation, AqmObservation, aqm_action_grid
+from agents.serve import aqm_grid_index, obs_fields, serve, to_space_action
+from emulation.opengym import ControlPointError, OpenGymInterface
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MINIMAL_SIM = Path(__file__).with_name("minimal_sim.py")
+SIM_ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+DECISION_COLUMNS = ["control_point", "step", "sim_time_s", "policy", "role", "obs", "action", "reward",
+                    "decision_ms", "fallback", "done", "info"]
+AQM_SIZE = len(AqmObservation.field_names())
+AQM_OBS_SPACE = spaces.Box(0.0, np.inf, (AQM_SIZE,), np.float64)
+
+
+def start_serve(*args: str, host: str = "127.0.0.1") -> tuple[subprocess.Popen, int]:
+    """Start an agent process on a free port; its log line says which."""
+    proc = subprocess.Popen([sys.executable, "-m", "agents", "serve", "--port", "0", "--host", host, *args],
+                            cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        found = re.search(r" on tcp://[^ ]+:(\d+)$", line.strip())
+        if found:
+            return proc, int(found.group(1))
+    raise AssertionError(f"agent exited with code {proc.wait()} before binding")
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    _, stderr = proc.communicate(timeout=15)
+    return proc.returncode, stderr
+
+
+def aqm_vector(qdelay_s: float) -> np.ndarray:
+    vec = np.zeros(AQM_SIZE)
+    vec[0] = qdelay_s
+    return vec
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_serve_cli_writes_decisions_for_the_minimal_simulation(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    sim_report = tmp_path / "sim.json"
+    agent, port = start_serve("--control", "aqm", "--policy", "pi2", "--shadow", "pie", "--shadow", "fixed",
+                              "--out", str(out), "--timeout", "10", "--control-point", "aqm-bottleneck")
+    steps = 20
+    sim = subprocess.run([sys.executable, str(MINIMAL_SIM), "--port", str(port), "--steps", str(steps),
+                          "--obs-size", str(AQM_SIZE), "--n-actions", "17", "--result", str(sim_report)],
+                         env=SIM_ENV, capture_output=True, text=True, timeout=30)
+    assert sim.returncode == 0, sim.stderr
+    rc, stderr = finish(agent)
+    assert rc == 0, stderr
+    report = json.loads(sim_report.read_text())
+    assert report["final_stop"] and not report["final_has_action"]
+
+    table = pq.read_table(out / "decisions.parquet")
+    assert table.column_names == DECISION_COLUMNS
+    meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items() if not k.startswith(b"ARROW")}
+    assert meta == {"obs_fields": json.dumps(AqmObservation.field_names()), "control_point": "aqm-bottleneck",
+                    "control": "aqm", "acting_policy": "pi2"}
+    rows = table.to_pylist()
+    assert len(rows) == 3 * steps + 1
+    acting = [r for r in rows if r["role"] == "acting" and not r["done"]]
+    assert [r["step"] for r in acting] == list(range(steps))
+    assert {r["policy"] for r in rows if r["role"] == "shadow"} == {"pie", "fixed"}
+    assert sum(r["role"] == "shadow" for r in rows) == 2 * steps
+
+    # The acting actions are what the simulation received, and what PI2 computes from its observations.
+    assert [int(r["action"][0]) for r in acting] == report["actions"]
+    pi2 = Pi2Controller()
+    expected = [aqm_grid_index(pi2.act(AqmObservation.from_vector(r["obs"])), 17) for r in acting]
+    assert report["actions"] == expected and len(set(expected)) > 1
+
+    for r in rows[:-1]:
+        k = r["step"]
+        assert r["control_point"] == "aqm-bottleneck"
+        assert r["obs"] == pytest.approx([(k + 1) * 0.001 * (j + 1) for j in range(AQM_SIZE)])
+        assert r["sim_time_s"] == pytest.approx(0.015 * k)
+        assert r["reward"] == 0.5 * k
+        assert json.loads(r["info"]) == {"sim_time_s": pytest.approx(0.015 * k)}
+        assert len(r["action"]) == 1 and r["decision_ms"] >= 0 and not r["fallback"] and not r["done"]
+    last = rows[-1]
+    assert last["done"] and last["role"] == "acting" and last["policy"] == "pi2" and last["step"] == steps
+    assert last["action"] == [] and math.isnan(last["decision_ms"]) and last["reward"] == 0.5 * steps
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_interface_and_agent_process_step_together(host: str) -> None:
+    p_prime = float(aqm_action_grid(17)[9])
+    agent, port = start_serve("--control", "aqm", "--policy", "fixed", "--policy-arg", f"p_prime={p_prime!r}",
+                              "--timeout", "10", host=host)
+    gym = OpenGymInterface("aqm", AQM_OBS_SPACE, spaces.Discrete(17), host=host, port=port, timeout_s=10)
+    try:
+        gym.connect()
+        actions = [gym.step(aqm_vector(0.001 * k), 0.0, {"sim_time_s": 0.015 * k}) for k in range(10)]
+        gym.close(aqm_vector(0.0), 0.0, {}, reason="SimulationEnd")
+    finally:
+        rc, stderr = finish(agent)
+    assert actions == [9] * 10
+    assert rc == 0, stderr
+    assert len(gym.round_trips_s) == 10 and not gym.connected
+
+
+def test_agent_action_outside_the_space_is_a_control_point_error() -> None:
+    agent, port = start_serve("--control", "aqm", "--policy", "fixed", "--policy-arg", "p_prime=0.5",
+                              "--timeout", "10")
+    gym = OpenGymInterface("aqm", AQM_OBS_SPACE, spaces.Box(0.0, 0.1, (1,), np.float64), port=port, timeout_s=10)
+    try:
+        gym.connect()
+        with pytest.raises(ControlPointError, match=rf"control point 'aqm' at tcp://127.0.0.1:{port} sent action "
+                                                    r"array\(\[0\.5\]\) outside the action space"):
+            gym.step(aqm_vector(0.01), 0.0, {})
+        gym.close(aqm_vector(0.01), 0.0, {}, reason="GameOver")
+    finally:
+        rc, stderr = finish(agent)
+    assert rc == 0, stderr
+
+
+def test_agent_dying_mid_run_is_reported_within_the_timeout() -> None:
+    agent, port = start_serve("--control", "aqm", "--policy", "pi2", "--timeout", "10")
+    gym = OpenGymInterface("aqm", AQM_OBS_SPACE, spaces.Discrete(17), port=port, timeout_s=1.0)
+    try:
+        gym.connect()
+        for k in range(3):
+            gym.step(aqm_vector(0.01 * k), 0.0, {})
+        agent.kill()
+        agent.wait(timeout=10)
+        start = time.monotonic()
+        with pytest.raises(ControlPointError, match=rf"no answer from agent for control point 'aqm' at "
+                                                    rf"tcp://127.0.0.1:{port} within 1 s"):
+            gym.step(aqm_vector(0.05), 0.0, {})
+        assert time.monotonic() - start < 3.0
+        assert not gym.connected
+        gym.close(aqm_vector(0.0), 0.0, {})  # closing after the failure must not hang either
+    finally:
+        finish(agent)
+
+
+def test_sigterm_leaves_a_valid_decisions_file(tmp_path: Path) -> None:
+    agent, port = start_serve("--control", "aqm", "--policy", "pi2", "--out", str(tmp_path), "--timeout", "10")
+    gym = OpenGymInterface("aqm", AQM_OBS_SPACE, spaces.Discrete(17), port=port, timeout_s=5)
+    try:
+        gym.connect()
+        for k in range(5):
+            gym.step(aqm_vector(0.004 * k), 1.0, {"sim_time_s": k})
+        agent.send_signal(signal.SIGTERM)
+        rc, stderr = finish(agent)
+    finally:
+        gym.close(aqm_vector(0.0), 0.0, {})
+    assert rc == 128 + signal.SIGTERM, stderr
+    table = pq.read_table(tmp_path / "decisions.parquet")
+    assert table.column("step").to_pylist() == [0, 1, 2, 3, 4]
+    assert table.column("sim_time_s").to_pylist() == [0, 1, 2, 3, 4]
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_serve_cli_fails_with_a_one_line_error() -> None:
+    proc = subprocess.run([sys.executable, "-m", "agents", "serve", "--control", "aqm", "--policy", "pid",
+                           "--port", "0"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "unknown aqm policy 'pid'; known: fixed, pi2, pie" in errors[0]
+
+
+# ---------------------------------------------------------------- the loop in process
+
+
+class RecordingPolicy:
+    """A shadow that records what the loop hands it (the optional observe_reward included)."""
+
+    control = "aqm"
+
+    def __init__(self) -> None:
+        self.name = "recorder"
+        self.events: list[tuple[str, float]] = []
+
+    def reset(self) -> None:
+        self.events.append(("reset", 0.0))
+
+    def observe_reward(self, reward: float) -> None:
+        self.events.append(("reward", reward))
+
+    def act(self, obs: AqmObservation) -> float:
+        self.events.append(("act", obs.qdelay_s))
+        return 1.0
+
+
+def test_serve_hands_rewards_before_acting_and_logs_shadows(tmp_path: Path) -> None:
+    recorder = RecordingPolicy()
+    with OpenGymEnv(port=0, timeout_s=10) as env:
+        env.launch([sys.executable, str(MINIMAL_SIM), "--port", str(env.port), "--steps", "3",
+                    "--obs-size", str(AQM_SIZE), "--n-actions", "17"], env=SIM_ENV)
+        result = serve(env, FixedProbability(0.0), shadows=[recorder], out_dir=tmp_path)
+    assert (result.episodes, result.decisions) == (1, 3)
+    # Rewards 0.5 * step arrive with each observation; the first one has no previous action to reward.
+    assert recorder.events == [("reset", 0.0), ("act", 0.001), ("reward", 0.5), ("act", 0.002), ("reward", 1.0),
+                               ("act", 0.003), ("reward", 1.5)]
+    rows = pq.read_table(result.decisions_path).to_pylist()
+    assert [(r["policy"], r["role"], r["action"]) for r in rows] == [
+        ("fixed", "acting", [0.0]), ("recorder", "shadow", [16.0])] * 3 + [("fixed", "acting", [])]
+
+
+def test_aqm_grid_index_is_nearest_in_log_terms() -> None:
+    grid = aqm_action_grid(17)
+    assert [aqm_grid_index(p, 17) for p in grid] == list(range(17))
+    assert aqm_grid_index(0.0, 17) == 0 and aqm_grid_index(-0.1, 17) == 0
+    between = math.sqrt(grid[5] * grid[6])  # the log midpoint
+    assert aqm_grid_index(between * 0.99, 17) == 5 and aqm_grid_index(between * 1.01, 17) == 6
+    half_step_below = grid[1] / math.sqrt(grid[2] / grid[1])
+    assert aqm_grid_index(half_step_below * 1.01, 17) == 1 and aqm_grid_index(half_step_below * 0.99, 17) == 0
+    assert aqm_grid_index(2.0, 17) == 16
+    with pytest.raises(ValueError, match="NaN"):
+        aqm_grid_index(math.nan, 17)
+
+
+def test_actions_follow_the_action_space() -> None:
+    box = spaces.Box(0.0, 1.0, (1,), np.float32)
+    action = to_space_action("aqm", 0.25, box)
+    assert action.dtype == np.float32 and action.tolist() == [0.25]
+    assert to_space_action("abr", np.int64(4), spaces.Discrete(6)) == 4
+    assert to_space_action("aqm", 1.0, spaces.Discrete(17)) == 16
+
+
+def test_obs_fields_follow_the_control_point_layouts() -> None:
+    assert obs_fields("aqm", AQM_OBS_SPACE) == AqmObservation.field_names()
+    abr_size = AbrObservation.vector_size(4)
+    assert obs_fields("abr", spaces.Box(0, np.inf, (abr_size,), np.float64)) == AbrObservation.field_names(4)
+    with pytest.raises(ValueError, match="not an AQM observation"):
+        obs_fields("aqm", spaces.Box(0, 1, (4,), np.float64))

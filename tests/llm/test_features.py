@@ -1,0 +1,111 @@
+"""Feature specs read observations by field name, scale them, and map AQM actions onto the p' grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agents.protocol.control_points import AbrObservation, AqmObservation, aqm_action_grid
+from llm.features import FEATURE_CLIP, FeatureSpec, RewardScale, feature_spec, p_prime_grid, p_prime_to_index
+from tests.llm.synthetic import BITRATES_BPS, N_LEVELS, abr_fields, aqm_fields
+
+
+def test_p_prime_grid_matches_the_testbed_action_grid():
+    for n in (2, 5, 17, 33):
+        np.testing.assert_allclose(p_prime_grid(n), aqm_action_grid(n))
+    grid = p_prime_grid()
+    assert grid[0] == 0.0 and grid[1] == pytest.approx(1e-4) and grid[-1] == 1.0 and len(grid) == 17
+
+
+def test_p_prime_maps_to_the_nearest_index_in_log_terms():
+    grid = p_prime_grid()
+    assert p_prime_to_index(grid, grid).tolist() == list(range(17))
+    # the log midpoint of grid[5] (1.17e-3) and grid[6] (2.15e-3) is 1.58e-3, below their arithmetic mean 1.66e-3
+    assert p_prime_to_index(1.55e-3, grid) == 5
+    assert p_prime_to_index(1.62e-3, grid) == 6
+    assert p_prime_to_index(0.0, grid) == 0
+    assert p_prime_to_index(5e-5, grid) == 0  # more than half a step below 1e-4
+    assert p_prime_to_index(9e-5, grid) == 1
+    with pytest.raises(ValueError, match="discrete index"):
+        p_prime_to_index(3.0, grid)
+
+
+def _abr_obs(last_quality: int, buffer_s: float, chunk_index: int) -> AbrObservation:
+    return AbrObservation(
+        chunk_index=chunk_index,
+        chunks_total=48,
+        last_quality=last_quality,
+        buffer_s=buffer_s,
+        rebuffer_s=0.0,
+        chunk_duration_s=4.0,
+        throughput_bps=np.arange(1, 9) * 1e6,
+        download_time_s=np.arange(1, 9) * 0.5,
+        bitrates_bps=BITRATES_BPS,
+        future_chunk_bytes=np.arange(5 * N_LEVELS, dtype=float).reshape(5, N_LEVELS) * 1e5,
+    )
+
+
+def test_abr_features_follow_netllm_layout():
+    spec = feature_spec("abr", abr_fields())
+    assert [t.name for t in spec.tokens] == [
+        "last_bitrate",
+        "buffer",
+        "throughput_history",
+        "download_time_history",
+        "next_chunk_bytes",
+        "chunks_left",
+    ]
+    raw = spec.raw_features(np.stack([_abr_obs(2, 7.5, 10).to_vector(), _abr_obs(0, 1.0, 47).to_vector()]))
+    assert raw.shape == (2, 1 + 1 + 8 + 8 + N_LEVELS + 1)
+    assert raw[0, 0] == pytest.approx(1.85)  # Mbps of level 2
+    assert raw[1, 0] == pytest.approx(0.3)
+    assert raw[0, 1] == 7.5
+    np.testing.assert_allclose(raw[0, 2:10], np.log1p(np.arange(1, 9) * 1e6))
+    np.testing.assert_allclose(raw[0, 18:22], np.log1p(np.arange(N_LEVELS) * 1e5))  # chunk 0 of the horizon
+    assert raw[0, -1] == 38 and raw[1, -1] == 1
+
+
+def test_aqm_histories_are_oldest_first_and_zero_padded():
+    spec = feature_spec("aqm", aqm_fields(), history_ticks=4)
+    obs = np.zeros((6, len(aqm_fields())))
+    obs[:, aqm_fields().index("utilisation")] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    raw = spec.raw_features(obs)
+    names = [t.name for t in spec.tokens]
+    start = sum(t.width for t in spec.tokens[: names.index("utilisation_history")])
+    hist = raw[:, start : start + 4]
+    np.testing.assert_allclose(hist[0], [0, 0, 0, 0.1])
+    np.testing.assert_allclose(hist[5], [0.3, 0.4, 0.5, 0.6])
+    assert len(spec.tokens) == 9
+
+
+def test_normalisation_uses_pool_statistics_and_clips():
+    spec = feature_spec("aqm", aqm_fields())
+    with pytest.raises(RuntimeError, match="no statistics"):
+        spec.normalise(np.zeros((1, spec.n_values)))
+    rng = np.random.default_rng(0)
+    obs = np.abs(rng.normal(size=(200, len(aqm_fields())))) * 1e9  # counter-sized values
+    fitted = spec.fit(spec.raw_features(obs))
+    z = fitted.normalise(fitted.raw_features(obs))
+    assert z.dtype == np.float32 and np.all(np.abs(z) <= FEATURE_CLIP)
+    # scalar features: each standardised on its own; series share one statistic across the history
+    assert abs(z[:, 0].mean()) < 1e-4 and z[:, 0].std() == pytest.approx(1.0, rel=1e-3)
+    series = spec.tokens[-1]
+    assert len(set(fitted.mean[-series.width :])) == 1
+    huge = fitted.normalise(np.full((1, spec.n_values), 1e12))
+    assert np.all(huge == FEATURE_CLIP)
+    assert FeatureSpec.from_dict(fitted.to_dict()) == fitted
+
+
+def test_unknown_fields_and_tasks_fail_early():
+    with pytest.raises(KeyError, match="chunks_total"):
+        feature_spec("abr", [n for n in abr_fields() if n != "chunks_total"])
+    with pytest.raises(ValueError, match="task must be one of"):
+        feature_spec("cc", aqm_fields())
+    assert len(AqmObservation.field_names()) == len(aqm_fields())
+
+
+def test_reward_scale_maps_the_pool_range_to_unit_interval():
+    scale = RewardScale(-2.0, 3.0, 10.0)
+    np.testing.assert_allclose(scale.scale([-2.0, 0.5, 3.0]), [0.0, 0.5, 1.0])
+    assert RewardScale(1.0, 1.0, 0.0).scale(5.0) == 0.0
+    assert RewardScale(1.0, 1.0, 0.0).return_divisor == 1.0
