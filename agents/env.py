@@ -117,7 +117,11 @@ class OpenGymEnv(gym.Env):
     # ------------------------------------------------------------------ gymnasium API
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-        """Wait for a simulation to connect and return its first observation and info."""
+        """Wait for a simulation to connect and return its first observation and info.
+
+        A simulation that ends at once (its first state is game over) is already
+        answered: ``info`` has its ``reason`` and ``last_state.game_over`` is set.
+        """
         super().reset(seed=seed)
         self._require_open()
         if self._served:
@@ -136,9 +140,7 @@ class OpenGymEnv(gym.Env):
         self._act_codec = codec.SpaceCodec(init.act_space)
         self._act_bytes = {}
         self._send(codec.build_sim_init_ack(done=True, stop_sim=False))
-        obs, _reward, terminated, info = self._receive_state("the first EnvStateMsg")
-        if terminated:
-            info["episode_over"] = True
+        obs, _reward, _terminated, info = self._receive_state("the first EnvStateMsg")
         return obs, info
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from agents.decisions import DecisionLog
+from agents.decisions import DecisionLog, warm_up
 from agents.env import OpenGymEnv
 from agents.policy import Policy, check_control, observe_reward
 from agents.protocol.control_points import AbrObservation, AqmObservation, aqm_action_grid
@@ -129,6 +129,8 @@ def serve(
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     control_point = control_point or control
+    if out_dir is not None:
+        warm_up()
     deciders = [("acting", policy)] + [("shadow", s) for s in shadows]
     log: DecisionLog | None = None
     decisions = 0

@@ -78,14 +78,21 @@ def _row(device: str, batch: int, mode: str, ms: np.ndarray) -> dict:
 
 def run(task: str, n: int, device: str, dtype: str, batches: list[int]) -> list[dict]:
     decider = LlmDecider.untrained(
-        task, default_backbone_dir(), 6 if task == "abr" else 17, obs_fields=_obs_fields(task), device=device, dtype=dtype
+        task,
+        default_backbone_dir(),
+        6 if task == "abr" else 17,
+        obs_fields=_obs_fields(task),
+        device=device,
+        dtype=dtype,
     )
     for _ in range(2):  # warm up allocator and kernels
         _session_latencies(decider, 1, True, WINDOW // 2, WINDOW + 2)
     rows = [_row(device, 1, "decider (cached keep=10)", _decider_latencies(decider, n))]
     for batch in batches:
         rows.append(_row(device, batch, "uncached (re-encode window)", _session_latencies(decider, batch, False, 1, n)))
-        rows.append(_row(device, batch, "cached keep=19 (exact slide)", _session_latencies(decider, batch, True, 19, n)))
+        rows.append(
+            _row(device, batch, "cached keep=19 (exact slide)", _session_latencies(decider, batch, True, 19, n))
+        )
         rows.append(_row(device, batch, "cached keep=10 (default)", _session_latencies(decider, batch, True, 10, n)))
     return rows
 

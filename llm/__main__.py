@@ -49,7 +49,9 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m llm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m llm", description="LLM policy tools: build experience pools, adapt an LM into a policy."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     pool = commands.add_parser("pool", help="build an experience pool from decisions.parquet files")
@@ -79,11 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
         "eval_every",
         "patience",
         "max_steps",
+        "log_every",
+        "channels",
         "seed",
     ):
-        adapt_cmd.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=f"default {getattr(defaults, name)}")
+        adapt_cmd.add_argument(
+            f"--{name.replace('_', '-')}", type=int, default=None, help=f"default {getattr(defaults, name)}"
+        )
     for name in ("lr", "weight_decay", "clip_grad", "val_fraction"):
-        adapt_cmd.add_argument(f"--{name.replace('_', '-')}", type=float, default=None, help=f"default {getattr(defaults, name)}")
+        adapt_cmd.add_argument(
+            f"--{name.replace('_', '-')}", type=float, default=None, help=f"default {getattr(defaults, name)}"
+        )
     adapt_cmd.add_argument("--select-on", choices=("loss", "accuracy"), default=None)
     adapt_cmd.add_argument("--device", default=None, help="default cpu")
     adapt_cmd.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)

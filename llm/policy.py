@@ -293,7 +293,10 @@ class DecisionSession:
         return len(self._returns)
 
     def context(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(returns, states, actions, timesteps) of the current context, for checks against a full forward."""
+        """(returns, states, actions, timesteps) of the current context, for checks against a full forward.
+
+        After a step, ``actions`` holds one entry fewer than the others: the last is still to be chosen.
+        """
         return (
             torch.stack(self._returns, 1),
             torch.stack(self._states, 1),

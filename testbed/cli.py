@@ -25,6 +25,10 @@ def format_summary(summary: dict) -> str:
                 f"  {name} queue sojourn: mean {_fmt(q['mean_ms'], ' ms')}  p50 {_fmt(q['p50_ms'], ' ms')}  "
                 f"p99 {_fmt(q['p99_ms'], ' ms')}  p99.9 {_fmt(q['p999_ms'], ' ms')}"
             )
+    for name, c in (summary.get("control") or {}).items():
+        if c.get("steps"):
+            lines.append(f"  control point {name:<10} {c['steps']} steps, round trip p50 {_fmt(c['round_trip_p50_us'], ' us', 0)}"
+                         f" p99 {_fmt(c['round_trip_p99_us'], ' us', 0)}")
     for flow, f in summary["flows"].items():
         lines.append(f"  flow {flow:<14} {f['kind']:<8} {_fmt(f['throughput_mbps'], ' Mbps')}")
     lines.append(
@@ -33,8 +37,9 @@ def format_summary(summary: dict) -> str:
     )
     for client, v in (summary.get("video") or {}).items():
         lines.append(
-            f"  video {client:<12} QoE_lin {_fmt(v.get('qoe_lin_mean'), digits=3)}  "
-            f"bitrate {_fmt(v.get('avg_bitrate_kbps'), ' kbps', 0)}  rebuffer {_fmt(v.get('rebuffer_s'), ' s')}"
+            f"  video {client:<12} QoE_lin {_fmt(v.get('qoe_lin_mean_after_first'), digits=3)} (first chunk excluded)  "
+            f"bitrate {_fmt((v.get('avg_bitrate_bps') or 0) / 1e3, ' kbps', 0)}  rebuffer {_fmt(v.get('rebuffer_s'), ' s')}  "
+            f"chunks {v.get('chunks_played')}/{v.get('chunks_total')}"
         )
     return "\n".join(lines)
 

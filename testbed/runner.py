@@ -57,14 +57,23 @@ def free_port(host: str = "127.0.0.1") -> int:
 def with_agents(config: SimulationConfig, aqm: str | None, abr: str | None, shadows: tuple[str, ...] = (),
                 timeout_s: float = 30.0) -> tuple[SimulationConfig, list[AgentSpec]]:
     """Turn on the wire control points for the chosen policies; return the config and the agents to start."""
+    from agents.registry import policy_names
     from emulation.config import AbrControlConfig, AqmControlConfig
 
     agents: list[AgentSpec] = []
     control = config.control.model_copy()
+    chosen = {c for c, name in (("aqm", aqm), ("abr", abr)) if name}
+    unknown = [s for s in shadows if not any(s in policy_names(c) for c in chosen)]
+    if unknown:
+        raise ValueError(f"shadow policy {', '.join(unknown)} fits none of the agents' controls ({', '.join(sorted(chosen))})")
+
+    def shadows_for(control_name: str) -> tuple[str, ...]:
+        return tuple(s for s in shadows if s in policy_names(control_name))
+
     if aqm:
         port = free_port()
         control.aqm = (control.aqm or AqmControlConfig()).model_copy(update={"port": port, "timeout_s": timeout_s})
-        agents.append(AgentSpec("aqm", aqm, "aqm", port, shadows))
+        agents.append(AgentSpec("aqm", aqm, "aqm", port, shadows_for("aqm")))
     if abr:
         clients = config.all_video()
         if not clients:
@@ -72,7 +81,7 @@ def with_agents(config: SimulationConfig, aqm: str | None, abr: str | None, shad
         # Client i talks to port + i: reserve a contiguous block starting at a free port.
         base = _free_block(len(clients))
         control.abr = (control.abr or AbrControlConfig()).model_copy(update={"port": base, "timeout_s": timeout_s})
-        agents += [AgentSpec("abr", abr, f"abr-{c.name}", base + i, shadows) for i, c in enumerate(clients)]
+        agents += [AgentSpec("abr", abr, f"abr-{c.name}", base + i, shadows_for("abr")) for i, c in enumerate(clients)]
     return config.model_copy(update={"control": control}), agents
 
 
@@ -141,6 +150,23 @@ def _start_agent(spec: AgentSpec, run_dir: Path, timeout_s: float) -> subprocess
     return proc
 
 
+def _supervise(proc: subprocess.Popen, agent_procs: list, timeout_s: float, run_dir: Path) -> tuple:
+    """Wait for the simulation; an agent that dies first ends the run at once with its error."""
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            return proc.wait(timeout=0.2), None
+        except subprocess.TimeoutExpired:
+            if time.time() > deadline:
+                raise
+        for spec, agent in agent_procs:
+            rc = agent.poll()
+            if rc not in (None, 0):
+                _kill_group(proc)
+                return None, (f"agent for {spec.control_point} ({spec.policy}) died with code {rc}: "
+                              f"{_tail(run_dir / f'agent-{spec.control_point}.log', 3)}")
+
+
 def _stop_agents(agent_procs: list, run_dir: Path, grace_s: float = 10.0) -> list[str]:
     """Let agents finish writing their decisions, then make sure none is left running."""
     errors = []
@@ -177,7 +203,7 @@ def run_config(config: SimulationConfig, run_dir: Path, timeout_s: float | None 
         with open(run_dir / "sim.log", "w") as log_file:
             proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                rc = proc.wait(timeout=timeout_s)
+                rc, error = _supervise(proc, agent_procs, timeout_s, run_dir)
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
                 rc, error = None, f"simulation timed out after {timeout_s:.0f} s (see {run_dir / 'sim.log'})"

@@ -96,6 +96,30 @@ def load_scenario(name_or_path: str | Path, overrides: dict | None = None) -> Si
         overrides["probes.warmup_s"] = min(warmup, 0.25 * float(overrides["duration_s"]))
     data = _apply_overrides(data, overrides)
     try:
-        return SimulationConfig.model_validate(data)
+        config = SimulationConfig.model_validate(data)
     except ValidationError as exc:
         raise ScenarioError(_format_validation(path, exc)) from None
+    return _resolve_data_paths(config, path)
+
+
+#: Data shipped with the project (video1 manifest, a few FCC traces).
+PACKAGED_DATA = Path(__file__).resolve().parents[1] / "emulation" / "video" / "data"
+
+
+def _find_data(value: str, scenario: Path, key: str) -> str:
+    """Absolute path of a data file named in a scenario: as given, beside the scenario, or shipped."""
+    for candidate in (Path(value), scenario.parent / value, PACKAGED_DATA / value):
+        if candidate.exists():
+            return str(candidate.resolve())
+    raise ScenarioError(f"{scenario}: {key}: '{value}' not found (looked beside the scenario and in {PACKAGED_DATA})")
+
+
+def _resolve_data_paths(config: SimulationConfig, scenario: Path) -> SimulationConfig:
+    bottleneck = config.bottleneck
+    if bottleneck.trace:
+        bottleneck = bottleneck.model_copy(update={"trace": _find_data(bottleneck.trace, scenario, "bottleneck.trace")})
+    video = [
+        v.model_copy(update={"manifest": _find_data(v.manifest, scenario, f"video.{i}.manifest")}) if v.manifest else v
+        for i, v in enumerate(config.video)
+    ]
+    return config.model_copy(update={"bottleneck": bottleneck, "video": video})

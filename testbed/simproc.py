@@ -52,7 +52,8 @@ def build_components(config: SimulationConfig) -> list:
                 decide[client.name] = make_policy("abr", client.abr).act
         if points:
             components.append(AbrControlGroup(points))
-        components.append(VideoComponent(config.all_video(), decide=decide))
+        factory = lambda name: make_policy("abr", name)  # noqa: E731
+        components.append(VideoComponent(config.all_video(), decide=decide, policy_factory=factory))
     return components
 
 

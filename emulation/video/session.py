@@ -18,7 +18,6 @@ import pandas as pd
 
 from agents.abr.qoe import QoeSummary, qoe_lin_terms
 from agents.protocol.control_points import AbrObservation
-from agents.registry import make_policy
 from emulation.config import CC_TYPE_IDS, VideoClientConfig
 from emulation.probes import vector_to_numpy
 from emulation.video.manifest import VideoManifest, default_manifest, load_manifest
@@ -104,6 +103,7 @@ class VideoComponent:
         clients: list[VideoClientConfig],
         decide: Mapping[str, Decide] | None = None,
         manifest_for: Callable[[VideoClientConfig], VideoManifest] = manifest_for_config,
+        policy_factory: Callable[[str], object] | None = None,
     ) -> None:
         self.configs = [c for config in clients for c in config.expanded()]
         names = [c.name for c in self.configs]
@@ -113,6 +113,9 @@ class VideoComponent:
             raise ValueError(f"decide names unknown video clients {unknown}; clients: {names}")
         self._decide = decide
         self._manifest_for = manifest_for
+        # Builds the in-process ABR a client's config names; the caller (testbed) owns the policy
+        # registry, since emulation must not import agents beyond the wire protocol.
+        self._policy_factory = policy_factory
         self._sessions: dict[str, _Session] = {}
         self.clients: dict[str, object] = {}
         self.servers: dict[str, object] = {}
@@ -141,7 +144,9 @@ class VideoComponent:
             self.servers[config.name] = session.server
 
     def _policy_decide(self, config: VideoClientConfig) -> Decide:
-        policy = make_policy("abr", config.abr)
+        if self._policy_factory is None:
+            raise ValueError(f"video client '{config.name}' has no decide function and no policy_factory was given")
+        policy = self._policy_factory(config.abr)
         policy.reset()
         return policy.act
 

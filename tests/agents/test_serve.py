@@ -219,6 +219,19 @@ def test_serve_hands_rewards_before_acting_and_logs_shadows(tmp_path: Path) -> N
         ("fixed", "acting", [0.0]), ("recorder", "shadow", [16.0])] * 3 + [("fixed", "acting", [])]
 
 
+def test_serve_handles_a_simulation_that_ends_at_once(tmp_path: Path) -> None:
+    with OpenGymEnv(port=0, timeout_s=10) as env:
+        env.launch([sys.executable, str(MINIMAL_SIM), "--port", str(env.port), "--steps", "0",
+                    "--obs-size", str(AQM_SIZE), "--n-actions", "17"], env=SIM_ENV)
+        result = serve(env, Pi2Controller(), out_dir=tmp_path)
+        assert env.last_state.game_over
+        with pytest.raises(RuntimeError, match="call reset"):
+            env.step(0)
+    assert result.decisions == 0
+    rows = pq.read_table(result.decisions_path).to_pylist()
+    assert [(r["step"], r["done"], r["action"]) for r in rows] == [(0, True, [])]
+
+
 def test_aqm_grid_index_is_nearest_in_log_terms() -> None:
     grid = aqm_action_grid(17)
     assert [aqm_grid_index(p, 17) for p in grid] == list(range(17))

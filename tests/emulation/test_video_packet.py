@@ -12,6 +12,7 @@ import pytest
 
 from agents.abr import BBA, RobustMPC
 from agents.protocol.control_points import AbrObservation
+from agents.registry import make_policy
 from emulation.config import BottleneckConfig, SimulationConfig, VideoClientConfig
 from emulation.simulation import run_simulation
 from emulation.video import BandwidthTrace, constant_trace, synthetic_manifest
@@ -34,6 +35,7 @@ def run(ns, out_dir, trace: BandwidthTrace, clients: list[VideoClientConfig], du
         video=clients,
     )
     manifests = {c.name: synthetic_manifest(n_chunks=c.n_chunks, seed=1) for c in clients}
+    component_kw.setdefault("policy_factory", lambda name: make_policy("abr", name))
     component = VideoComponent(clients, manifest_for=lambda c: manifests[c.name], **component_kw)
     totals = CppTotals(component)
     summary = run_simulation(config, out_dir, components=[TraceDrivenLink(trace), component, totals])

@@ -85,3 +85,11 @@ def test_auto_device_falls_back_to_cpu_float32():
     else:
         assert (device.type, dtype) == ("cpu", torch.float32)
     assert resolve_device("cpu", "bfloat16") == (torch.device("cpu"), torch.bfloat16)
+
+
+def test_bfloat16_decider_runs_the_reduced_precision_path(trained_checkpoint):
+    """The dtype CUDA gets by default, exercised on CPU: every module in bf16, decisions still valid."""
+    decider = LlmDecider.from_checkpoint(trained_checkpoint[0], device="cpu", dtype="bfloat16")
+    assert decider.policy.param_dtype == torch.bfloat16
+    assert next(decider.policy.backbone.parameters()).dtype == torch.bfloat16
+    assert all(0 <= decider.decide(o, r) < 4 for o, r in _episode(6, seed=8))
