@@ -28,13 +28,26 @@ def _lazy(module: str, attribute: str) -> PolicyFactory:
     return factory
 
 
+def _llm(control: str) -> PolicyFactory:
+    """The LLM agent for ``control``; torch and transformers load only when it is asked for."""
+
+    def factory(**kwargs: Any) -> Policy:
+        from agents.llm_agent import LlmPolicy
+
+        return LlmPolicy(control, **kwargs)
+
+    factory.__name__ = f"make_llm_{control}"
+    return factory
+
+
 _FACTORIES: dict[str, dict[str, PolicyFactory]] = {
-    "aqm": {"pi2": Pi2Controller, "pie": PieController, "fixed": FixedProbability},
+    "aqm": {"pi2": Pi2Controller, "pie": PieController, "fixed": FixedProbability, "llm": _llm("aqm")},
     "abr": {
         "bba": _lazy("agents.abr", "BBA"),
         "rate": _lazy("agents.abr", "RateBased"),
         "mpc": _lazy("agents.abr", "RobustMPC"),
         "bola": _lazy("agents.abr", "BolaE"),
+        "llm": _llm("abr"),
     },
 }
 

@@ -171,7 +171,7 @@ def serve(
                     if log is not None:
                         log.append(step=step, sim_time_s=sim_time_s, policy=p.name, role=role, obs=obs_vec,
                                    action=_action_values(action), reward=state.reward, decision_ms=decision_ms,
-                                   info=state.info)
+                                   fallback=bool(getattr(p, "last_fallback", False)), info=state.info)
                 obs, _reward, done, _truncated, info = env.step(acting_action)
                 state = env.last_state
                 decisions += 1

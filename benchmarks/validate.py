@@ -1,4 +1,5 @@
-"""``make validate``: the RTT-fairness matrix of L4S vs classic over DualPI2.
+"""``make validate``: the RTT-fairness matrix of L4S vs classic over DualPI2,
+and classic ABR QoE in the chunk-level and the packet-level simulators.
 
 For each base RTT, one DCTCP (ECT(1)) and one Cubic flow share a 50 Mbps
 DualPI2 bottleneck; several seeds each. Printed beside the reference band from
@@ -7,7 +8,12 @@ shared/reference/l4s-dualpi2.md (Prague vs Cubic over Linux DualPI2 at
 about 0.8-2.7). Our L4S sender is DCTCP, not Prague (no RTT independence),
 so a larger ratio at short RTT is expected.
 
-    python -m benchmarks.validate [--seeds 3] [--duration 30]
+ABR section: for N traces of fcc-valid (shared/data, else the shipped ones),
+mean QoE_lin (first chunk excluded) of each classic ABR in the Pensieve-style
+chunk-level simulator and in the packet-level ns-3 client over the same trace
+(abr-fcc scenario, 80 ms RTT). See the README for why they differ.
+
+    python -m benchmarks.validate [--seeds 3] [--duration 30] [--traces 5] [--skip-aqm] [--skip-abr]
 """
 
 from __future__ import annotations
@@ -17,8 +23,13 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from emulation.video.manifest import default_manifest
+from emulation.video.traces import DEFAULT_TRACE_DIR, load_trace_set
+from testbed.chunksim import POLICIES, evaluate
 from testbed.runner import run_config
 from testbed.scenario import load_scenario
+
+SHARED_VALID = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "fcc-valid"
 
 REFERENCE_RATIO = {10: 2.7, 20: 2.1, 80: 1.7}
 
@@ -43,11 +54,48 @@ def rtt_fairness(rtt_ms: float, seed: int, duration_s: float, out: Path) -> dict
     return result.summary
 
 
+def abr_section(n_traces: int) -> None:
+    trace_dir = SHARED_VALID if SHARED_VALID.is_dir() else DEFAULT_TRACE_DIR
+    traces = load_trace_set(trace_dir, limit=n_traces)
+    chunk = evaluate(POLICIES, traces, default_manifest())
+    print(f"\nABR: QoE_lin (first chunk excluded), video1, {len(traces)} traces of {trace_dir.name}")
+    print(f"{'policy':<8}{'chunk-level':>13}{'packet-level':>14}{'gap %':>8}{'pkt rebuffer s':>16}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for policy in POLICIES:
+            packet = []
+            rebuffer = []
+            for i, trace in enumerate(traces):
+                config = load_scenario(
+                    "abr-fcc", {"bottleneck.trace": str(trace_dir / trace.name), "video": [
+                        {"name": "client", "rtt_ms": 80, "abr": policy}]}
+                )
+                result = run_config(config, Path(tmp) / f"{policy}-{i}")
+                if result.status != "ok":
+                    raise RuntimeError(result.error)
+                video = result.summary["video"]["client"]
+                packet.append(video["qoe_lin_mean_after_first"])
+                rebuffer.append(video["rebuffer_s"])
+            c = chunk.loc[chunk["policy"] == policy, "qoe_lin"].mean()
+            p = statistics.mean(packet)
+            print(f"{policy:<8}{c:>13.3f}{p:>14.3f}{(p - c) / abs(c) * 100:>8.1f}{statistics.mean(rebuffer):>16.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--traces", type=int, default=5, help="fcc-valid traces in the ABR section")
+    parser.add_argument("--skip-aqm", action="store_true")
+    parser.add_argument("--skip-abr", action="store_true")
     args = parser.parse_args()
+    if not args.skip_aqm:
+        aqm_section(args.seeds, args.duration)
+    if not args.skip_abr:
+        abr_section(args.traces)
+
+
+def aqm_section(seeds: int, duration_s: float) -> None:
+    args = argparse.Namespace(seeds=seeds, duration=duration_s)
     print(f"RTT fairness, 1 DCTCP + 1 Cubic over DualPI2 at 50 Mbps, {args.duration:g} s, {args.seeds} seeds")
     header = f"{'RTT ms':>7} {'L:C mean':>9} {'min':>6} {'max':>6} {'ref':>5} {'band 0.8-2.7':>13} {'L p99 ms':>9} {'C mean ms':>10} {'util %':>7}"
     print(header)

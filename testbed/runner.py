@@ -37,6 +37,8 @@ class AgentSpec:
     port: int
     shadows: tuple[str, ...] = ()
     host: str = "127.0.0.1"
+    #: keyword arguments of the acting policy (``--policy-arg KEY=VALUE``)
+    policy_args: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -55,7 +57,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def with_agents(config: SimulationConfig, aqm: str | None, abr: str | None, shadows: tuple[str, ...] = (),
-                timeout_s: float = 30.0) -> tuple[SimulationConfig, list[AgentSpec]]:
+                timeout_s: float = 30.0, aqm_args: dict | None = None,
+                abr_args: dict | None = None) -> tuple[SimulationConfig, list[AgentSpec]]:
     """Turn on the wire control points for the chosen policies; return the config and the agents to start."""
     from agents.registry import policy_names
     from emulation.config import AbrControlConfig, AqmControlConfig
@@ -73,7 +76,8 @@ def with_agents(config: SimulationConfig, aqm: str | None, abr: str | None, shad
     if aqm:
         port = free_port()
         control.aqm = (control.aqm or AqmControlConfig()).model_copy(update={"port": port, "timeout_s": timeout_s})
-        agents.append(AgentSpec("aqm", aqm, "aqm", port, shadows_for("aqm")))
+        agents.append(AgentSpec("aqm", aqm, "aqm", port, shadows_for("aqm"),
+                                policy_args=tuple((aqm_args or {}).items())))
     if abr:
         clients = config.all_video()
         if not clients:
@@ -81,7 +85,8 @@ def with_agents(config: SimulationConfig, aqm: str | None, abr: str | None, shad
         # Client i talks to port + i: reserve a contiguous block starting at a free port.
         base = _free_block(len(clients))
         control.abr = (control.abr or AbrControlConfig()).model_copy(update={"port": base, "timeout_s": timeout_s})
-        agents += [AgentSpec("abr", abr, f"abr-{c.name}", base + i, shadows_for("abr")) for i, c in enumerate(clients)]
+        agents += [AgentSpec("abr", abr, f"abr-{c.name}", base + i, shadows_for("abr"),
+                             policy_args=tuple((abr_args or {}).items())) for i, c in enumerate(clients)]
     return config.model_copy(update={"control": control}), agents
 
 
@@ -144,10 +149,42 @@ def _start_agent(spec: AgentSpec, run_dir: Path, timeout_s: float) -> subprocess
            "--control-point", spec.control_point]
     for shadow in spec.shadows:
         cmd += ["--shadow", shadow]
+    for key, value in spec.policy_args:
+        cmd += ["--policy-arg", f"{key}={value}"]
     log_file = open(run_dir / f"agent-{spec.control_point}.log", "w")
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     log_file.close()
     return proc
+
+
+def agent_summary(run_dir: Path) -> dict:
+    """Per control point and policy: decision latency p50/p99 (ms), fallback rate, agreement with the actor."""
+    import numpy as np
+    import pandas as pd
+
+    out: dict = {}
+    for path in sorted((Path(run_dir) / "agents").glob("*/decisions.parquet")):
+        table = pd.read_parquet(path)
+        table = table[~table["done"]]
+        acting = table[table["role"] == "acting"].set_index("step")["action"]
+        point = {}
+        for (policy, role), rows in table.groupby(["policy", "role"]):
+            ms = rows["decision_ms"].to_numpy(dtype=float)
+            entry = {
+                "role": role,
+                "decisions": int(len(rows)),
+                "decision_ms_p50": float(np.percentile(ms, 50)) if len(ms) else None,
+                "decision_ms_p99": float(np.percentile(ms, 99)) if len(ms) else None,
+                "fallback_rate": float(rows["fallback"].mean()) if len(rows) else None,
+            }
+            if role == "shadow" and len(rows):
+                pairs = [(np.asarray(a, float), np.asarray(acting.get(step, [np.nan]), float))
+                         for step, a in zip(rows["step"], rows["action"], strict=True)]
+                entry["agreement"] = float(np.mean([np.allclose(a, b) for a, b in pairs]))
+                entry["mean_abs_action_diff"] = float(np.mean([np.abs(a - b).mean() for a, b in pairs]))
+            point[policy] = entry
+        out[path.parent.name] = point
+    return out
 
 
 def _supervise(proc: subprocess.Popen, agent_procs: list, timeout_s: float, run_dir: Path) -> tuple:
@@ -224,6 +261,9 @@ def run_config(config: SimulationConfig, run_dir: Path, timeout_s: float | None 
         error = "; ".join(agent_errors)
     summary_path = run_dir / "summary.json"
     summary = read_json(summary_path) if summary_path.exists() else None
+    if summary is not None and agents:
+        summary["agents"] = agent_summary(run_dir)
+        write_json(summary_path, summary)
     state = "ok" if error is None else "failed"
     write_json(run_dir / "status.json", {"state": state, "error": error, "started": started, "wall_s": wall_s})
     return RunResult(run_dir=run_dir, status=state, summary=summary, error=error, wall_s=wall_s)

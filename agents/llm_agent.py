@@ -1,0 +1,146 @@
+"""The LLM policy as an agent: replaces or shadows a classic controller.
+
+Replace mode is ``python -m agents serve --policy llm``; shadow mode is
+``--policy pi2 --shadow llm`` (the classic one acts, the LLM's would-be action
+and its latency are logged beside it in decisions.parquet).
+
+A decision deadline keeps the loop live: inference runs on a worker thread
+and, if it has not answered within ``deadline_ms``, the fallback policy's
+action is used and counted (``last_fallback``). The late inference still
+completes before the next decision, so the KV cache stays consistent. The
+fallback policy sees every observation, so its own state (PI2's previous
+delay, MPC's error history) is current whenever it has to act.
+
+Configuration comes from keyword arguments (``--policy-arg KEY=VALUE``) or,
+for shadows that take none, from the environment: ``TESTBED_LLM_CHECKPOINT``
+(an adapted checkpoint directory) or else ``TESTBED_LLM_BACKBONE`` (a local
+model directory, ``default`` for the shipped SmolLM2-135M, ``tiny`` for a
+small random Llama) with untrained encoders — useful for latency and plumbing,
+not for decisions.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+
+import numpy as np
+
+from agents.policy import Policy, observe_reward
+from agents.protocol.control_points import AbrObservation, AqmObservation, aqm_action_grid
+
+DEFAULT_FALLBACK = {"aqm": "pi2", "abr": "mpc"}
+#: ABR observations carry this many quality levels (video1's ladder) when no checkpoint says otherwise.
+DEFAULT_ABR_LEVELS = 6
+
+
+def _backbone_dir(spec: str) -> Path:
+    from llm.backbone import default_backbone_dir, tiny_backbone_dir
+
+    if spec == "default":
+        return default_backbone_dir()
+    if spec == "tiny":
+        path = Path(tempfile.gettempdir()) / "l4s-testbed-tiny-llama"
+        if not (path / "config.json").exists():
+            tiny_backbone_dir(path, arch="llama", hidden=256, layers=4, heads=4)
+        return path
+    return Path(spec)
+
+
+class LlmPolicy:
+    """An ``llm`` policy for the agent process (see the module docstring)."""
+
+    name = "llm"
+
+    def __init__(
+        self,
+        control: str,
+        checkpoint: str | None = None,
+        backbone: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        deadline_ms: float | None = None,
+        fallback: str | None = None,
+        n_actions: int | None = None,
+    ):
+        from agents.registry import make_policy
+        from llm.inference import LlmDecider
+
+        self.control = control
+        checkpoint = checkpoint or os.environ.get("TESTBED_LLM_CHECKPOINT")
+        if checkpoint:
+            self.decider = LlmDecider.from_checkpoint(checkpoint, device=device, dtype=dtype)
+        else:
+            backbone = backbone or os.environ.get("TESTBED_LLM_BACKBONE", "default")
+            if control == "aqm":
+                n, fields = int(n_actions or 17), AqmObservation.field_names()
+            else:
+                n = int(n_actions or DEFAULT_ABR_LEVELS)
+                fields = AbrObservation.field_names(n)
+            self.decider = LlmDecider.untrained(control, _backbone_dir(backbone), n, obs_fields=fields,
+                                                device=device, dtype=dtype)
+        self.deadline_s = None if deadline_ms in (None, "", "none") else float(deadline_ms) / 1e3
+        self.fallback: Policy = make_policy(control, fallback or DEFAULT_FALLBACK[control])
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm") if self.deadline_s else None
+        self._pending: Future | None = None
+        self._reward = 0.0
+        self.last_fallback = False
+        self.fallbacks = 0
+        self.decisions = 0
+        self.latency_ms: list[float] = []
+
+    def reset(self) -> None:
+        self._settle()
+        self.decider.reset()
+        self.fallback.reset()
+        self._reward = 0.0
+
+    def observe_reward(self, reward: float) -> None:
+        self._reward = float(reward)
+        observe_reward(self.fallback, reward)
+
+    def _settle(self) -> None:
+        """Let a late inference finish so the KV cache holds every step."""
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+    def _to_action(self, index: int) -> float | int:
+        if self.control == "aqm":
+            values = self.decider.action_values
+            grid = values if values is not None else aqm_action_grid(self.decider.n_actions)
+            return float(np.asarray(grid)[index])
+        return int(index)
+
+    def act(self, obs: AqmObservation | AbrObservation) -> float | int:
+        vector = obs.to_vector()
+        names = AqmObservation.field_names() if self.control == "aqm" else AbrObservation.field_names(obs.n_levels)
+        features = dict(zip(names, vector.tolist(), strict=True))
+        fallback_action = self.fallback.act(obs)
+        self._settle()
+        self.decisions += 1
+        t0 = time.perf_counter()
+        if self._pool is None:
+            index = self.decider.decide(features, self._reward)
+        else:
+            self._pending = self._pool.submit(self.decider.decide, features, self._reward)
+            try:
+                index = self._pending.result(timeout=self.deadline_s)
+                self._pending = None
+            except FutureTimeout:
+                self.latency_ms.append((time.perf_counter() - t0) * 1e3)
+                self.last_fallback = True
+                self.fallbacks += 1
+                return fallback_action
+        self.latency_ms.append((time.perf_counter() - t0) * 1e3)
+        self.last_fallback = False
+        return self._to_action(index)
+
+    def close(self) -> None:
+        self._settle()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
