@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -46,6 +47,10 @@ def format_summary(summary: dict) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     overrides = {"seed": args.seed, "duration_s": args.duration}
+    if args.llm_checkpoint:
+        os.environ["TESTBED_LLM_CHECKPOINT"] = str(Path(args.llm_checkpoint).resolve())
+    if args.llm_backbone:
+        os.environ["TESTBED_LLM_BACKBONE"] = args.llm_backbone
     config = load_scenario(args.scenario, overrides)
     aqm = None if args.aqm in (None, "dualpi2") else args.aqm.removesuffix("-agent")
     config, agents = with_agents(config, aqm, args.abr, tuple(args.shadow), timeout_s=args.agent_timeout)
@@ -88,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shadow", action="append", default=[], metavar="NAME",
                      help="policy that shadows the acting one in each agent (repeatable)")
     run.add_argument("--agent-timeout", type=float, default=30.0, help="seconds either side waits for the other")
+    run.add_argument("--llm-checkpoint", help="adapted LLM checkpoint directory for the llm policy (acting or shadow)")
+    run.add_argument("--llm-backbone", help="without a checkpoint: local model dir, 'default' (SmolLM2-135M) or 'tiny'")
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="list scenarios and policies")
