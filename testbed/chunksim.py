@@ -396,7 +396,8 @@ def summarize(evaluation: pd.DataFrame) -> pd.DataFrame:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m testbed.chunksim", description=__doc__.split("\n")[0])
-    parser.add_argument("--policy", default="bba,rate,mpc,bola", help=f"comma-separated, from {sorted(POLICIES)}")
+    parser.add_argument("--policy", default="bba,rate,mpc,bola",
+                        help=f"comma-separated, from {sorted(POLICIES)} or any ABR policy of agents.registry (llm)")
     parser.add_argument("--traces", type=Path, help="trace file or directory (default: the shipped FCC traces)")
     parser.add_argument("--limit", type=int, help="use only the first N traces (sorted by name)")
     parser.add_argument("--manifest", type=Path, help="video_size_* directory (default: the shipped video1)")
@@ -404,10 +405,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--decisions", action="store_true", help="also write <out>/<policy>/decisions.parquet")
     args = parser.parse_args(argv)
 
+    from agents.registry import make_policy, policy_names
+
     names = [n.strip() for n in args.policy.split(",") if n.strip()]
-    unknown = [n for n in names if n not in POLICIES]
+    unknown = [n for n in names if n not in POLICIES and n not in policy_names("abr")]
     if unknown or not names:
-        parser.error(f"unknown policy {unknown}; choose from {sorted(POLICIES)}")
+        parser.error(f"unknown policy {unknown}; choose from {sorted(set(POLICIES) | set(policy_names('abr')))}")
+    factories = {n: POLICIES.get(n) or (lambda n=n: make_policy("abr", n)) for n in names}
     if args.decisions and args.out is None:
         parser.error("--decisions needs --out")
     if args.limit is not None and args.limit < 1:
@@ -415,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     traces = load_trace_set(args.traces, args.limit) if args.traces else default_traces()[: args.limit]
     manifest = load_manifest(args.manifest) if args.manifest else default_manifest()
 
-    evaluation = evaluate({n: POLICIES[n] for n in names}, traces, manifest, args.out, args.decisions)
+    evaluation = evaluate(factories, traces, manifest, args.out, args.decisions)
     if args.out is not None:
         evaluation.to_parquet(args.out / "evaluation.parquet", index=False)
     print(summarize(evaluation).to_string(float_format=lambda x: f"{x:.3f}"))

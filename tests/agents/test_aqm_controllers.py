@@ -113,7 +113,8 @@ def test_fixed_probability() -> None:
 
 
 def test_registry_builds_policies_by_name() -> None:
-    assert policy_names("aqm") == ["fixed", "pi2", "pie"]
+    assert set(policy_names("aqm")) >= {"fixed", "pi2", "pie"}  # others (the LLM agent) may register more
+    assert policy_names("aqm") == sorted(policy_names("aqm"))
     assert set(policy_names("abr")) >= {"bba", "bola", "mpc", "rate"}
     fixed = make_policy("aqm", "fixed", p_prime=0.3)
     assert isinstance(fixed, Policy) and fixed.act(aqm_obs(0.0)) == 0.3
@@ -124,8 +125,9 @@ def test_registry_builds_policies_by_name() -> None:
 
 
 def test_registry_errors_name_what_is_known() -> None:
-    with pytest.raises(ValueError, match="unknown aqm policy 'pid'; known: fixed, pi2, pie"):
+    with pytest.raises(ValueError, match="unknown aqm policy 'pid'; known: ") as excinfo:
         make_policy("aqm", "pid")
+    assert str(excinfo.value).endswith(", ".join(policy_names("aqm")))
     with pytest.raises(ValueError, match="control must be one of aqm, abr"):
         make_policy("tcp", "pi2")
     with pytest.raises(ValueError, match="cannot build aqm policy 'fixed'"):
