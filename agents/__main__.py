@@ -47,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control-point", default=None, metavar="NAME",
                    help="control point name for the log (default: the control kind)")
     p.add_argument("--policy-arg", action="append", default=[], type=_policy_arg, metavar="KEY=VALUE",
-                   help="keyword argument for the acting policy (repeatable)")
+                   help="keyword argument for --policy, acting or (with --mode shadow) shadowing (repeatable)")
+    p.add_argument("--mode", choices=("replace", "shadow"), default="replace",
+                   help="replace: --policy acts; shadow: --behind acts and --policy shadows it")
+    p.add_argument("--behind", default=None, metavar="NAME",
+                   help="with --mode shadow, the classic policy that acts (e.g. pi2, mpc)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")
     return parser
 
@@ -58,8 +62,16 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     env: OpenGymEnv | None = None
     try:
-        policy = make_policy(args.control, args.policy, **dict(args.policy_arg))
+        main_policy = make_policy(args.control, args.policy, **dict(args.policy_arg))
         shadows = [make_policy(args.control, name) for name in args.shadow]
+        if args.mode == "shadow":
+            if not args.behind:
+                raise ValueError("--mode shadow needs --behind NAME, the classic policy that acts")
+            policy, shadows = make_policy(args.control, args.behind), [main_policy, *shadows]
+        elif args.behind:
+            raise ValueError("--behind only makes sense with --mode shadow")
+        else:
+            policy = main_policy
         env = OpenGymEnv(port=args.port, host=args.host, timeout_s=args.timeout)
         _log.info("serving %s policy %s%s on %s", args.control, policy.name,
                   "".join(f" (shadow {s.name})" for s in shadows), env.endpoint)

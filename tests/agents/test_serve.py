@@ -103,6 +103,27 @@ def test_serve_cli_writes_decisions_for_the_minimal_simulation(tmp_path: Path) -
     assert last["action"] == [] and math.isnan(last["decision_ms"]) and last["reward"] == 0.5 * steps
 
 
+def test_mode_shadow_behind_makes_the_named_policy_the_shadow(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    agent, port = start_serve("--control", "aqm", "--policy", "pie", "--mode", "shadow", "--behind", "pi2",
+                              "--out", str(out), "--timeout", "10")
+    sim = subprocess.run([sys.executable, str(MINIMAL_SIM), "--port", str(port), "--steps", "5",
+                          "--obs-size", str(AQM_SIZE), "--n-actions", "17"],
+                         env=SIM_ENV, capture_output=True, text=True, timeout=30)
+    assert sim.returncode == 0, sim.stderr
+    rc, stderr = finish(agent)
+    assert rc == 0, stderr
+    rows = [r for r in pq.read_table(out / "decisions.parquet").to_pylist() if not r["done"]]
+    assert {(r["policy"], r["role"]) for r in rows} == {("pi2", "acting"), ("pie", "shadow")}
+
+
+def test_mode_shadow_without_behind_is_refused() -> None:
+    proc = subprocess.run([sys.executable, "-m", "agents", "serve", "--control", "aqm", "--policy", "pie",
+                           "--mode", "shadow", "--port", "0"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 1 and "--behind" in proc.stderr
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_interface_and_agent_process_step_together(host: str) -> None:
     p_prime = float(aqm_action_grid(17)[9])
