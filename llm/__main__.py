@@ -1,13 +1,18 @@
-"""Command line: ``python -m llm pool ...`` builds an experience pool, ``python -m llm adapt ...`` trains a policy.
+"""Command line: ``python -m llm pool ...`` builds an experience pool, ``python -m llm adapt ...`` trains a
+policy, ``python -m llm test ...`` evaluates a checkpoint in the simulators.
 
 Thin wrappers: each subcommand parses its arguments and calls the library function
-(:func:`llm.pool.build_pool`, :func:`llm.train.adapt`) that tests call directly.
+(:func:`llm.pool.build_pool`, :func:`llm.train.adapt`) that tests call directly. ``test`` runs the
+simulators as separate processes (``testbed``), so this package still imports nothing from the rest
+of the project.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -48,9 +53,35 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_test(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint beside classic baselines: chunk-level (ABR) and/or one packet-level scenario run."""
+    env = dict(os.environ, TESTBED_LLM_CHECKPOINT=os.path.abspath(args.checkpoint))
+    task = json.loads(open(os.path.join(args.checkpoint, "policy_config.json")).read()).get("task")
+    status = 0
+    if task == "abr" and args.traces:
+        cmd = [sys.executable, "-m", "testbed.chunksim", "--policy", ",".join(["llm", *args.baselines.split(",")]),
+               "--traces", args.traces]
+        if args.limit:
+            cmd += ["--limit", str(args.limit)]
+        print(f"chunk-level simulator on {args.traces}:", flush=True)
+        status |= subprocess.run(cmd, env=env).returncode
+    if args.scenario:
+        control = "--abr" if task == "abr" else "--aqm"
+        cmd = [sys.executable, "-m", "testbed", "run", args.scenario, control, "llm"]
+        if args.duration:
+            cmd += ["--duration", str(args.duration)]
+        print(f"packet-level scenario {args.scenario}:", flush=True)
+        status |= subprocess.run(cmd, env=env).returncode
+    if not (args.scenario or (task == "abr" and args.traces)):
+        print("nothing to evaluate: give --traces (ABR) and/or --scenario", file=sys.stderr)
+        return 2
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m llm", description="LLM policy tools: build experience pools, adapt an LM into a policy."
+        prog="python -m llm",
+        description="LLM policy tools: build experience pools, adapt an LM into a policy, test it in the simulators."
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -100,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     adapt_cmd.add_argument("--lora-dropout", type=float, default=defaults.lora.dropout)
     adapt_cmd.add_argument("--lora-targets", nargs="+", default=None, help="module names (default per architecture)")
     adapt_cmd.set_defaults(run=_cmd_adapt)
+
+    test_cmd = commands.add_parser("test", help="evaluate a checkpoint in the simulators beside classic baselines")
+    test_cmd.add_argument("--checkpoint", required=True, help="checkpoint directory written by adapt")
+    test_cmd.add_argument("--traces", help="ABR: trace directory for the chunk-level simulator (use fcc-valid)")
+    test_cmd.add_argument("--limit", type=int, default=None, help="first N traces only")
+    test_cmd.add_argument("--baselines", default="bba,rate,mpc", help="classic ABR policies beside the LLM")
+    test_cmd.add_argument("--scenario", help="also run this packet-level scenario with the LLM acting")
+    test_cmd.add_argument("--duration", type=float, default=None, help="simulated seconds of that run")
+    test_cmd.set_defaults(run=_cmd_test)
     return parser
 
 

@@ -30,6 +30,13 @@ def format_summary(summary: dict) -> str:
         if c.get("steps"):
             lines.append(f"  control point {name:<10} {c['steps']} steps, round trip p50 {_fmt(c['round_trip_p50_us'], ' us', 0)}"
                          f" p99 {_fmt(c['round_trip_p99_us'], ' us', 0)}")
+    for point, policies in (summary.get("agents") or {}).items():
+        for name, a in policies.items():
+            extra = f"  agreement {a['agreement']:.2f}" if a.get("agreement") is not None else ""
+            lines.append(
+                f"  agent {point:<10} {name:<6} {a['role']:<7} decision p50 {_fmt(a['decision_ms_p50'], ' ms', 3)}"
+                f" p99 {_fmt(a['decision_ms_p99'], ' ms', 3)}  fallback {_fmt((a['fallback_rate'] or 0) * 100, ' %', 1)}{extra}"
+            )
     for flow, f in summary["flows"].items():
         lines.append(f"  flow {flow:<14} {f['kind']:<8} {_fmt(f['throughput_mbps'], ' Mbps')}")
     lines.append(
