@@ -155,9 +155,9 @@ def aqm_action_grid(n_actions: int = 17, p_min: float = 1e-4) -> np.ndarray:
     """The p' values of the discrete AQM action space.
 
     Index 0 is p' = 0 (no AQM signal); indices 1..n-1 are log-spaced from
-    ``p_min`` to 1. With the defaults the grid is 0 and 1e-4 .. 1 in quarter
-    decades, fine enough near PI2's usual operating range (p' of 0.01-0.3)
-    and coarse where a controller rarely goes.
+    ``p_min`` to 1. With the defaults the grid is 0 and 1e-4 .. 1 in steps of
+    4/15 of a decade, fine enough near PI2's usual operating range (p' of
+    0.01-0.3) and coarse where a controller rarely goes.
     """
     if n_actions < 2:
         raise ValueError(f"n_actions must be >= 2, got {n_actions}")
