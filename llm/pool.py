@@ -156,7 +156,12 @@ def read_decisions(
     obs_fields = json.loads(meta["obs_fields"])
     table = pq.read_table(path, columns=["control_point", "step", "policy", "role", "obs", "action", "reward", "done"])
     obs = _obs_matrix(table.column("obs"), len(obs_fields), path)
-    action = pc.list_element(table.column("action"), 0).to_numpy(zero_copy_only=False).astype(np.float64)
+    # The episode-ending row carries no action (an empty list): read it as NaN.
+    actions = table.column("action")
+    has_action = pc.greater(pc.list_value_length(actions), 0).to_numpy(zero_copy_only=False)
+    padded = pc.if_else(pc.greater(pc.list_value_length(actions), 0), actions, pa.scalar([np.nan], actions.type))
+    action = pc.list_element(padded, 0).to_numpy(zero_copy_only=False).astype(np.float64)
+    action[~has_action] = np.nan
     reward = table.column("reward").to_numpy(zero_copy_only=False).astype(np.float64)
     step = table.column("step").to_numpy(zero_copy_only=False)
     done = table.column("done").to_numpy(zero_copy_only=False).astype(bool)

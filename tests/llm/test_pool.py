@@ -90,3 +90,21 @@ def test_pool_refuses_mixed_or_wrong_inputs(tmp_path):
         build_pool([abr, aqm], tmp_path / "p", "abr")
     with pytest.raises(FileNotFoundError, match="not an experience pool"):
         load_pool(tmp_path)
+
+
+def test_pool_reads_the_agent_log_with_an_empty_final_action(tmp_path):
+    """agents.serve ends each episode with a done row whose action list is empty."""
+    from agents.decisions import DecisionLog
+
+    fields = aqm_fields()
+    path = tmp_path / "decisions.parquet"
+    log = DecisionLog(path, "aqm", "aqm", fields, "pi2")
+    for step in range(5):
+        log.append(step=step, sim_time_s=0.016 * step, policy="pi2", role="acting", obs=np.full(len(fields), 0.01),
+                   action=[0.05 * (step + 1)], reward=0.1 * step, decision_ms=0.01)
+    log.append(step=5, sim_time_s=0.08, policy="pi2", role="acting", obs=np.full(len(fields), 0.01), action=(),
+               reward=0.5, decision_ms=float("nan"), done=True)
+    log.close()
+    pool = build_pool([path], tmp_path / "pool", "aqm")
+    assert pool.manifest["counts"]["steps"] == 5
+    assert pool.manifest["counts"]["episodes"] == 1
