@@ -25,10 +25,9 @@ import numpy as np
 from gymnasium import spaces
 
 from agents.protocol.control_points import AbrObservation, AqmObservation, aqm_action_grid
+from agents.protocol.qoe import QOE_LIN_REBUFFER_PENALTY
 from emulation.config import AbrControlConfig, AqmControlConfig
 from emulation.opengym import ControlPointError, OpenGymInterface
-
-QOE_REBUFFER_PENALTY = 4.3
 
 
 def _round_trip_stats(iface: OpenGymInterface) -> dict:
@@ -172,7 +171,7 @@ class AbrControlPoint:
         rates_mbps = np.asarray(obs.bitrates_bps) / 1e6
         last = rates_mbps[obs.last_quality]
         smooth = 0.0 if self._prev_quality is None else abs(last - rates_mbps[self._prev_quality])
-        return float(last - QOE_REBUFFER_PENALTY * obs.rebuffer_s - smooth)
+        return float(last - QOE_LIN_REBUFFER_PENALTY * obs.rebuffer_s - smooth)
 
     def decide(self, obs: AbrObservation) -> int:
         reward = self.chunk_reward(obs)

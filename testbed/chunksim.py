@@ -35,11 +35,11 @@ import numpy as np
 import pandas as pd
 
 from agents.abr import BBA, AbrPolicy, BolaE, RateBased, RobustMPC
-from agents.abr.qoe import QoeSummary, qoe_lin_terms
 from agents.decisions import SCHEMA as DECISIONS_SCHEMA
 from agents.decisions import DecisionLog
 from agents.policy import observe_reward
 from agents.protocol.control_points import ABR_HISTORY, ABR_HORIZON, AbrObservation
+from agents.protocol.qoe import QoeSummary, qoe_lin_terms
 from emulation.video import (
     BandwidthTrace,
     VideoManifest,
@@ -48,6 +48,7 @@ from emulation.video import (
     load_manifest,
     load_trace_set,
 )
+from emulation.video.session import VIDEO_COLUMNS
 
 RTT_S = 0.08
 BUFFER_CAP_S = 60.0
@@ -59,26 +60,6 @@ CONTROL_POINT = "abr-0"
 #: Policies by the name the CLI and reports use.
 POLICIES: dict[str, Callable[[], AbrPolicy]] = {"bba": BBA, "rate": RateBased, "mpc": RobustMPC, "bola": BolaE}
 
-VIDEO_COLUMNS = [
-    "client",
-    "chunk",
-    "quality",
-    "bitrate_bps",
-    "chunk_bytes",
-    "request_s",
-    "first_byte_s",
-    "last_byte_s",
-    "download_s",
-    "throughput_bps",
-    "buffer_before_s",
-    "buffer_after_s",
-    "rebuffer_s",
-    "wait_s",
-    "qoe_bitrate_mbps",
-    "qoe_rebuffer_penalty",
-    "qoe_smoothness_penalty",
-    "qoe_lin",
-]
 
 
 class _TraceCursor:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from agents.abr.base import check_positive_int, harmonic_mean, recent_throughputs_bps
-from agents.abr.qoe import QOE_LIN_REBUFFER_PENALTY, SMOOTHNESS_PENALTY
 from agents.protocol.control_points import ABR_HORIZON, AbrObservation
+from agents.protocol.qoe import QOE_LIN_REBUFFER_PENALTY, SMOOTHNESS_PENALTY
 
 
 def all_plans(n_levels: int, horizon: int) -> np.ndarray:

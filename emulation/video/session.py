@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from agents.abr.qoe import QoeSummary, qoe_lin_terms
 from agents.protocol.control_points import AbrObservation
+from agents.protocol.qoe import QoeSummary, qoe_lin_terms
 from emulation.config import CC_TYPE_IDS, VideoClientConfig
 from emulation.probes import vector_to_numpy
 from emulation.video.manifest import VideoManifest, default_manifest, load_manifest

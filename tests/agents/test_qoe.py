@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from agents.abr.qoe import QOE_LIN_REBUFFER_PENALTY, QoeSummary, qoe_lin, qoe_lin_terms, qoe_log
+from agents.protocol.qoe import QOE_LIN_REBUFFER_PENALTY, QoeSummary, qoe_lin, qoe_lin_terms, qoe_log
 
 # A three-chunk session: 750 kbps with a 1 s startup, up to 1200, down to 300 with a 0.5 s stall.
 BITRATES_BPS = [750e3, 1200e3, 300e3]

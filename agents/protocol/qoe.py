@@ -1,5 +1,9 @@
 """Quality of experience of a video session, as the ABR literature scores it.
 
+It lives with the wire contract because QoE_lin of a chunk is the ABR control
+point's reward: the simulation (which computes it) and the agents (whose MPC
+optimises it) must agree on one definition.
+
 QoE_lin (Pensieve, MPC) per chunk, in Mbps-equivalent units::
 
     bitrate_Mbps - 4.3 * rebuffer_s - |bitrate_Mbps - previous_bitrate_Mbps|
