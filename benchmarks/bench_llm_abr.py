@@ -1,11 +1,11 @@
 """Learning quality of the LLM ABR policy, end to end through the CLIs.
 
 1. Experience: the chunk-level simulator runs BBA, rate-based and RobustMPC
-   over fcc-train traces and writes their decisions.parquet.
+   over the shared train traces and writes their decisions.parquet.
 2. Pools: ``python -m llm pool`` on those (train) and on the same policies over
-   fcc-valid (validation, for checkpoint selection only).
+   valid-fcc (validation, for checkpoint selection only).
 3. Adaptation: ``python -m llm adapt`` (LoRA on the chosen backbone).
-4. Evaluation: the chunk-level simulator on fcc-valid traces, the adapted LLM
+4. Evaluation: the chunk-level simulator on valid-fcc traces, the adapted LLM
    beside BBA, rate-based and RobustMPC (there is no test set in this repo; the
    validation traces are the honest stand-in, reported as such).
 
@@ -23,8 +23,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
 
 
 def _run(cmd: list[str], env: dict | None = None) -> str:
@@ -46,8 +44,8 @@ def main() -> None:
     py = sys.executable
     work = args.out or Path(tempfile.mkdtemp(prefix="llm-abr-"))
     t0 = time.time()
-    for split, limit in (("train", args.train_traces), ("valid", args.valid_traces)):
-        _run([py, "-m", "testbed.chunksim", "--policy", "bba,rate,mpc", "--traces", str(SHARED / f"fcc-{split}"),
+    for split, traces, limit in (("train", "train", args.train_traces), ("valid", "valid-fcc", args.valid_traces)):
+        _run([py, "-m", "testbed.chunksim", "--policy", "bba,rate,mpc", "--traces", traces,
               "--limit", str(limit), "--out", str(work / f"exp-{split}"), "--decisions"])
         decisions = sorted(str(p) for p in (work / f"exp-{split}").glob("*/decisions.parquet"))
         _run([py, "-m", "llm", "pool", "--task", "abr", *decisions, "--out", str(work / f"pool-{split}")])
@@ -58,9 +56,9 @@ def main() -> None:
                 "--warmup-steps", str(max(args.max_steps // 10, 1)), "--eval-every", str(max(args.max_steps // 5, 1))])[-1500:])
     print(f"adaptation: {time.time() - t1:.0f} s", flush=True)
     env = dict(os.environ, TESTBED_LLM_CHECKPOINT=str(work / "ckpt"))
-    table = _run([py, "-m", "testbed.chunksim", "--policy", "bba,rate,mpc,llm", "--traces", str(SHARED / "fcc-valid"),
+    table = _run([py, "-m", "testbed.chunksim", "--policy", "bba,rate,mpc,llm", "--traces", "valid-fcc",
                   "--limit", str(args.valid_traces)], env=env)
-    print(f"\nQoE_lin on {args.valid_traces} fcc-valid traces (chunk-level simulator), backbone {args.backbone}, "
+    print(f"\nQoE_lin on {args.valid_traces} valid-fcc traces (chunk-level simulator), backbone {args.backbone}, "
           f"{args.max_steps} adaptation steps:\n{table}")
     print(f"total {time.time() - t0:.0f} s; artefacts in {work}")
 

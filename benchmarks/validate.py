@@ -3,12 +3,12 @@ and classic ABR QoE in the chunk-level and the packet-level simulators.
 
 For each base RTT, one DCTCP (ECT(1)) and one Cubic flow share a 50 Mbps
 DualPI2 bottleneck; several seeds each. Printed beside the reference band from
-shared/reference/l4s-dualpi2.md (Prague vs Cubic over Linux DualPI2 at
+published L4S evaluations (Prague vs Cubic over Linux DualPI2 at
 50 Mbps: L4S:Classic 2.7 at 10 ms, 2.1 at 20 ms, 1.7 at 80 ms; sane band
 about 0.8-2.7). Our L4S sender is DCTCP, not Prague (no RTT independence),
 so a larger ratio at short RTT is expected.
 
-ABR section: for N traces of fcc-valid (shared/data, else the shipped ones),
+ABR section: for N traces of valid-fcc (the shared data, else the shipped ones),
 mean QoE_lin (first chunk excluded) of each classic ABR in the Pensieve-style
 chunk-level simulator and in the packet-level ns-3 client over the same trace
 (abr-fcc scenario, 80 ms RTT). See the README for why they differ.
@@ -24,12 +24,10 @@ import tempfile
 from pathlib import Path
 
 from emulation.video.manifest import default_manifest
-from emulation.video.traces import DEFAULT_TRACE_DIR, load_trace_set
+from emulation.video.traces import DEFAULT_TRACE_DIR, TraceError, load_trace_set, trace_set_dir
 from testbed.chunksim import POLICIES, evaluate
 from testbed.runner import run_config
 from testbed.scenario import load_scenario
-
-SHARED_VALID = Path(__file__).resolve().parents[2] / "shared" / "data" / "traces" / "fcc-valid"
 
 REFERENCE_RATIO = {10: 2.7, 20: 2.1, 80: 1.7}
 
@@ -55,7 +53,10 @@ def rtt_fairness(rtt_ms: float, seed: int, duration_s: float, out: Path) -> dict
 
 
 def abr_section(n_traces: int) -> None:
-    trace_dir = SHARED_VALID if SHARED_VALID.is_dir() else DEFAULT_TRACE_DIR
+    try:
+        trace_dir = trace_set_dir("valid-fcc")
+    except TraceError:
+        trace_dir = DEFAULT_TRACE_DIR
     traces = load_trace_set(trace_dir, limit=n_traces)
     chunk = evaluate(POLICIES, traces, default_manifest())
     print(f"\nABR: QoE_lin (first chunk excluded), video1, {len(traces)} traces of {trace_dir.name}")
@@ -84,7 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=30.0)
-    parser.add_argument("--traces", type=int, default=5, help="fcc-valid traces in the ABR section")
+    parser.add_argument("--traces", type=int, default=5, help="valid-fcc traces in the ABR section")
     parser.add_argument("--skip-aqm", action="store_true")
     parser.add_argument("--skip-abr", action="store_true")
     args = parser.parse_args()

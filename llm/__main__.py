@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     test_cmd = commands.add_parser("test", help="evaluate a checkpoint in the simulators beside classic baselines")
     test_cmd.add_argument("--checkpoint", required=True, help="checkpoint directory written by adapt")
-    test_cmd.add_argument("--traces", help="ABR: trace directory for the chunk-level simulator (use fcc-valid)")
+    test_cmd.add_argument("--traces", help="ABR: traces for the chunk-level simulator: a directory or a set name (valid-fcc, valid-norway)")
     test_cmd.add_argument("--limit", type=int, default=None, help="first N traces only")
     test_cmd.add_argument("--baselines", default="bba,rate,mpc", help="classic ABR policies beside the LLM")
     test_cmd.add_argument("--scenario", help="also run this packet-level scenario with the LLM acting")

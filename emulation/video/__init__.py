@@ -12,6 +12,7 @@ from emulation.video.manifest import (
     synthetic_manifest,
 )
 from emulation.video.traces import (
+    TRACE_SETS,
     BandwidthTrace,
     TraceError,
     constant_trace,
@@ -19,9 +20,11 @@ from emulation.video.traces import (
     load_trace,
     load_trace_set,
     synthetic_trace,
+    trace_set_dir,
 )
 
 __all__ = [
+    "TRACE_SETS",
     "BandwidthTrace",
     "ManifestError",
     "TraceError",
@@ -34,4 +37,5 @@ __all__ = [
     "load_trace_set",
     "synthetic_manifest",
     "synthetic_trace",
+    "trace_set_dir",
 ]

@@ -20,6 +20,7 @@ simulator reads line ``i`` as the rate over ``(t[i-1], t[i]]`` instead;
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ import numpy as np
 
 DEFAULT_TRACE_DIR = Path(__file__).parent / "data" / "traces"
 MAHIMAHI_PACKET_BYTES = 1500
+#: The project's trace sets, disjoint by content: train on ``train``, select and tune on ``valid-*``.
+TRACE_SETS = ("train", "valid-fcc", "valid-norway")
 
 
 class TraceError(ValueError):
@@ -158,8 +161,13 @@ def _from_mahimahi(path: Path, rows: list[tuple[int, list[str]]], bin_s: float) 
 
 
 def load_trace_set(path_or_dir: str | Path, limit: int | None = None) -> list[BandwidthTrace]:
-    """One trace file, or every trace in a directory sorted by file name (the first ``limit`` of them)."""
+    """One trace file, or every trace in a directory sorted by file name (the first ``limit`` of them).
+
+    A shared set's name (``train``, ``valid-fcc``, ``valid-norway``) that is not a local path reads that set.
+    """
     path = Path(path_or_dir)
+    if not path.exists() and str(path_or_dir) in TRACE_SETS:
+        path = trace_set_dir(str(path_or_dir))
     if limit is not None and limit < 1:
         raise TraceError(f"{path}: limit must be >= 1, got {limit}")
     if path.is_file():
@@ -173,8 +181,29 @@ def load_trace_set(path_or_dir: str | Path, limit: int | None = None) -> list[Ba
 
 
 def default_traces() -> list[BandwidthTrace]:
-    """The four FCC traces shipped with the package (see data/README.md)."""
+    """The four FCC traces shipped with the package, taken from ``valid-fcc`` (see data/README.md)."""
     return load_trace_set(DEFAULT_TRACE_DIR)
+
+
+def data_root() -> Path:
+    """The shared data folder: ``$TESTBED_DATA``, else ``shared/data`` beside the repository checkout."""
+    env = os.environ.get("TESTBED_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def trace_set_dir(name: str) -> Path:
+    """Directory of one of the shared trace sets (``train``, ``valid-fcc``, ``valid-norway``).
+
+    Raises a :class:`TraceError` that says how to point at the data when it is not there.
+    """
+    if name not in TRACE_SETS:
+        raise TraceError(f"unknown trace set {name!r}; the sets are {', '.join(TRACE_SETS)}")
+    path = data_root() / "traces" / name
+    if not path.is_dir():
+        raise TraceError(f"trace set {name!r} not found at {path}: set TESTBED_DATA to the folder holding traces/")
+    return path
 
 
 def constant_trace(mbps: float, duration_s: float = 60.0) -> BandwidthTrace:
