@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from agents.abr import BBA, AbrPolicy, BolaE, RateBased, RobustMPC
+from agents.abr import BBA, AbrPolicy, BolaE, ClairvoyantMPC, LinkFuture, RateBased, RobustMPC
 from agents.decisions import SCHEMA as DECISIONS_SCHEMA
 from agents.decisions import DecisionLog
 from agents.policy import observe_reward
@@ -59,6 +59,8 @@ CONTROL_POINT = "abr-0"
 
 #: Policies by the name the CLI and reports use.
 POLICIES: dict[str, Callable[[], AbrPolicy]] = {"bba": BBA, "rate": RateBased, "mpc": RobustMPC, "bola": BolaE}
+#: Teachers that see the future: only this simulator can drive them.
+TEACHERS: dict[str, Callable[[], AbrPolicy]] = {"oracle": ClairvoyantMPC}
 
 
 
@@ -72,6 +74,16 @@ class _TraceCursor:
         self.bytes_per_s = trace.bandwidth_bps / 8.0
         self.index = 1
         self.last_time_s = float(self.times_s[0])
+
+    @property
+    def offset_s(self) -> float:
+        """Where the walk is inside the trace's period, from its first line."""
+        return self.last_time_s - float(self.times_s[0])
+
+    def future(self, rtt_s: float, buffer_cap_s: float) -> LinkFuture:
+        """The link from here on, as the cursor will deliver it (for policies that may see the future)."""
+        return LinkFuture(self.times_s, self.bytes_per_s * PAYLOAD_FRACTION, self.offset_s, rtt_s, buffer_cap_s,
+                          DRAIN_STEP_S)
 
     def _next_line(self) -> None:
         self.last_time_s = float(self.times_s[self.index])
@@ -123,19 +135,27 @@ def run_session(
     buffer_cap_s: float = BUFFER_CAP_S,
     start_quality: int = START_QUALITY,
     client: str = "chunksim",
+    shadows: Sequence[AbrPolicy] = (),
 ) -> SessionResult:
     """Play the whole video over ``trace`` with ``policy`` choosing every chunk after the first.
 
     ``decisions`` holds one row per policy decision plus a final ``done`` row
     that carries the last chunk's reward; nothing is chosen there, so its
     action is ``[nan]`` (readers take actions from all rows but the last).
+    Each of ``shadows`` sees every observation too and its would-be choice is
+    logged beside the acting one (``role == "shadow"``): the DAgger relabelling
+    of the states the acting policy visits. Policies with a ``see_future``
+    method (teachers) are shown the true link before each decision.
     """
     if not 0 <= start_quality < manifest.n_levels:
         raise ValueError(f"start_quality must be in [0, {manifest.n_levels - 1}], got {start_quality}")
     if rtt_s < 0 or buffer_cap_s < manifest.chunk_duration_s:
         raise ValueError(f"need rtt_s >= 0 and buffer_cap_s >= one chunk, got {rtt_s}, {buffer_cap_s}")
-    policy.reset()
+    deciders = [("acting", policy), *(("shadow", shadow) for shadow in shadows)]
+    for _, p in deciders:
+        p.reset()
     cursor = _TraceCursor(trace)
+    future = cursor.future(rtt_s, buffer_cap_s) if any(hasattr(p, "see_future") for _, p in deciders) else None
     clock_s = 0.0
     buffer_s = 0.0
     wait_s = 0.0
@@ -153,13 +173,20 @@ def run_session(
             obs = manifest.abr_observation(
                 chunk, last_quality, buffer_s, last_rebuffer_s, throughputs_bps, download_times_s
             )
-            started = time.perf_counter()
-            quality = policy.act(obs)
-            decision_ms = (time.perf_counter() - started) * 1e3
-            quality = _check_quality(policy, quality, manifest.n_levels, chunk)
-            decision_rows.append(
-                _decision_row(policy, chunk - 1, clock_s, obs, [quality], reward, decision_ms, False, trace, chunk)
-            )
+            if future is not None:
+                future.now_s = cursor.offset_s
+            for role, p in deciders:
+                if future is not None and hasattr(p, "see_future"):
+                    p.see_future(future)
+                started = time.perf_counter()
+                choice = p.act(obs)
+                decision_ms = (time.perf_counter() - started) * 1e3
+                choice = _check_quality(p, choice, manifest.n_levels, chunk)
+                if role == "acting":
+                    quality = choice
+                decision_rows.append(
+                    _decision_row(p, chunk - 1, clock_s, obs, [choice], reward, decision_ms, False, trace, chunk, role)
+                )
 
         size_bytes = int(manifest.chunk_bytes[quality, chunk])
         delay_s = cursor.download(size_bytes) + rtt_s
@@ -194,7 +221,8 @@ def run_session(
                 "qoe_lin": reward,
             }
         )
-        observe_reward(policy, reward)
+        for _, p in deciders:
+            observe_reward(p, reward)
         clock_s += delay_s
         throughputs_bps.append(size_bytes * 8.0 / delay_s)
         download_times_s.append(delay_s)
@@ -239,13 +267,14 @@ def _decision_row(
     done: bool,
     trace: BandwidthTrace,
     chunk: int,
+    role: str = "acting",
 ) -> dict:
     return {
         "control_point": CONTROL_POINT,
         "step": step,
         "sim_time_s": sim_time_s,
         "policy": policy.name,
-        "role": "acting",
+        "role": role,
         "obs": obs.to_vector().tolist(),
         "action": [float(a) for a in action],
         "reward": reward,

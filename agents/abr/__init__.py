@@ -9,6 +9,7 @@ from agents.abr.base import AbrPolicy
 from agents.abr.bba import BBA
 from agents.abr.bola import BolaE
 from agents.abr.mpc import RobustMPC
+from agents.abr.oracle import ClairvoyantMPC, LinkFuture
 from agents.abr.rate import RateBased
 
-__all__ = ["AbrPolicy", "BBA", "BolaE", "RateBased", "RobustMPC"]
+__all__ = ["AbrPolicy", "BBA", "BolaE", "ClairvoyantMPC", "LinkFuture", "RateBased", "RobustMPC"]
