@@ -35,7 +35,7 @@ def _cmd_pool(args: argparse.Namespace) -> int:
     print(
         f"pool {args.out}: task {pool.task}, {counts['files']} files, {counts['episodes']} episodes, "
         f"{counts['steps']} steps ({counts['skipped_episodes']} episodes under 2 rows skipped), "
-        f"{pool.n_actions} actions, rewards [{pool.rewards.reward_min:.4g}, {pool.rewards.reward_max:.4g}], "
+        f"{pool.n_actions} actions, rewards scaled by 1/{pool.rewards.scale:g} above {pool.rewards.floor:g}, "
         f"max scaled return {pool.rewards.max_return:.4g}"
     )
     print(f"action counts: {counts['actions']}")

@@ -288,24 +288,56 @@ def feature_spec(task: str, obs_fields: list[str], history_ticks: int = AQM_HIST
     return spec
 
 
+#: Fixed reward scaling per task: ``scaled = max(reward, floor) / scale`` (see :class:`RewardScale`).
+#: ABR: QoE_lin per chunk; 4.3 is the top rung in Mbps (a perfect chunk scores 1) and the floor of
+#: -8.6 (two top-rung chunks, about 2 s of stall) clips long stalls, so one 25 s stall cannot set the
+#: scale for the whole pool. AQM: the control point's reward per tick (utilisation minus delay and
+#: drop penalties, at most 1); penalties below -4 are clipped.
+REWARD_SCALING: dict[str, tuple[float, float]] = {"abr": (-8.6, 4.3), "aqm": (-4.0, 1.0)}
+
+
 @dataclass(frozen=True)
 class RewardScale:
-    """Scales rewards to [0, 1] over a pool (gamma 1 returns are sums of scaled rewards).
+    """Scales rewards by a fixed, documented constant per task, with stalls/penalties clipped at ``floor``.
 
-    ``max_return`` is the largest episode return of the pool in scaled units: the
-    target return an episode starts from at inference, and the divisor that brings
-    returns-to-go to about [0, 1] before they are embedded.
+    Min-max scaling over a pool let one outlier set the scale (90 % of scaled ABR rewards sat in
+    0.96-0.99 and the returns of BBA, rate and MPC episodes differed in the third digit); a fixed
+    scale keeps returns in the task's own units, so good and bad episodes stay apart.
+    ``max_return`` is the largest scaled episode return of the training pool: returns-to-go are
+    divided by it before they are embedded. ``target_return`` is where an episode starts at
+    inference (the decision-transformer's "ask for this much"); None means ``max_return``.
     """
 
-    reward_min: float
-    reward_max: float
+    floor: float
+    scale: float
     max_return: float
+    target_return: float | None = None
 
-    def scale(self, reward: np.ndarray | float) -> np.ndarray:
-        span = self.reward_max - self.reward_min
-        r = np.asarray(reward, dtype=np.float64)
-        return (r - self.reward_min) / span if span > 0 else np.zeros_like(r)
+    def __post_init__(self) -> None:
+        if not self.scale > 0:
+            raise ValueError(f"reward scale must be > 0, got {self.scale}")
+
+    @classmethod
+    def for_task(cls, task: str, max_return: float = 1.0, target_return: float | None = None) -> RewardScale:
+        if task not in REWARD_SCALING:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        floor, scale = REWARD_SCALING[task]
+        return cls(floor, scale, max_return, target_return)
+
+    def scale_rewards(self, reward: np.ndarray | float) -> np.ndarray:
+        """Rewards in scaled units: clipped at the floor, divided by the scale."""
+        return np.maximum(np.asarray(reward, dtype=np.float64), self.floor) / self.scale
+
+    def returns_to_go(self, rewards: np.ndarray) -> np.ndarray:
+        """Scaled returns-to-go of one episode's rewards (gamma 1), as the model sees them."""
+        scaled = self.scale_rewards(rewards)
+        return np.cumsum(scaled[::-1])[::-1] / self.return_divisor
 
     @property
     def return_divisor(self) -> float:
-        return self.max_return if self.max_return > 0 else 1.0
+        return abs(self.max_return) if abs(self.max_return) > 1e-9 else 1.0
+
+    @property
+    def start_return(self) -> float:
+        """The scaled return an episode is started from at inference."""
+        return self.max_return if self.target_return is None else self.target_return

@@ -125,7 +125,7 @@ class LlmDecider:
             backbone=str(Path(backbone_dir).resolve()),
             n_actions=n_actions,
             features=spec,
-            rewards=RewardScale(0.0, 1.0, 1.0),
+            rewards=RewardScale.for_task(task),
             max_timestep=max_timestep,
             window=window,
             action_values=p_prime_grid(n_actions).tolist() if task == "aqm" else None,
@@ -138,7 +138,7 @@ class LlmDecider:
         """Start a new episode: empty context, target return back at the pool's maximum."""
         self._session.reset()
         self._rows: deque[np.ndarray] = deque(maxlen=self._spec.history_ticks)
-        self._target = self.config.rewards.max_return
+        self._target = self.config.rewards.start_return
         self._step = 0
         self._prev_action: torch.Tensor | None = None
 
@@ -155,7 +155,7 @@ class LlmDecider:
         self._rows.append(self._vector(obs))
         state = self._spec.normalise(self._spec.raw_features(np.stack(self._rows))[-1:])
         if self._step > 0:
-            self._target -= float(self.config.rewards.scale(reward))
+            self._target -= float(self.config.rewards.scale_rewards(reward))
         rtg = self._target / self.config.rewards.return_divisor
         timestep = min(self._step, self.config.max_timestep)
         logits = self._session.step(

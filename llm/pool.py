@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ from llm.features import (
 
 STEPS_FILE = "steps.parquet"
 MANIFEST_FILE = "manifest.json"
-POOL_FORMAT = 1
+POOL_FORMAT = 2
 
 
 @dataclass
@@ -107,8 +107,7 @@ class Pool:
             n = len(ep)
             states.append(features.normalise(features.raw_features(ep.obs)))
             actions.append(ep.actions.astype(np.int64))
-            scaled = rewards.scale(ep.rewards)
-            returns.append((np.cumsum(scaled[::-1])[::-1] / rewards.return_divisor).astype(np.float32))
+            returns.append(rewards.returns_to_go(ep.rewards).astype(np.float32))
             timesteps.append(np.minimum(np.arange(n), max_timestep))
             starts.append(np.full(n, offset))
             ends.append(np.full(n, offset + n))
@@ -243,14 +242,17 @@ def _episodes_table(episodes: list[Episode]) -> pa.Table:
 
 
 def fit_statistics(spec: FeatureSpec, episodes: list[Episode]) -> tuple[FeatureSpec, RewardScale]:
-    """Feature statistics and reward scale of a set of episodes (the training data's, never a test set's)."""
+    """Feature statistics and the largest scaled return of a set of episodes (the training data's, never a test set's).
+
+    Rewards are scaled by the task's fixed constant (:data:`llm.features.REWARD_SCALING`), not by the pool.
+    """
     fitted = spec.fit(np.concatenate([spec.raw_features(ep.obs) for ep in episodes]))
     rewards = np.concatenate([ep.rewards for ep in episodes])
     if not np.all(np.isfinite(rewards)):
         raise ValueError("rewards contain NaN or inf")
-    bounds = RewardScale(float(rewards.min()), float(rewards.max()), 0.0)
-    max_return = max(float(bounds.scale(ep.rewards).sum()) for ep in episodes)
-    return fitted, RewardScale(bounds.reward_min, bounds.reward_max, max_return)
+    unit = RewardScale.for_task(spec.task)
+    max_return = max(float(unit.scale_rewards(ep.rewards).sum()) for ep in episodes)
+    return fitted, RewardScale.for_task(spec.task, max_return)
 
 
 def _steps_by_policy(episodes: list[Episode]) -> dict[str, int]:
@@ -301,7 +303,7 @@ def build_pool(
         "n_actions": n_actions,
         "action_values": p_prime_grid(n_actions).tolist() if task == "aqm" else None,
         "features": spec.to_dict(),
-        "rewards": {"reward_min": scale.reward_min, "reward_max": scale.reward_max, "max_return": scale.max_return},
+        "rewards": asdict(scale),
         "max_episode_steps": max(len(ep) for ep in episodes),
         "include_shadow": include_shadow,
         "sources": [str(Path(p).resolve()) for p in paths],

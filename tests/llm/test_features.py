@@ -104,8 +104,30 @@ def test_unknown_fields_and_tasks_fail_early():
     assert len(AqmObservation.field_names()) == len(aqm_fields())
 
 
-def test_reward_scale_maps_the_pool_range_to_unit_interval():
-    scale = RewardScale(-2.0, 3.0, 10.0)
-    np.testing.assert_allclose(scale.scale([-2.0, 0.5, 3.0]), [0.0, 0.5, 1.0])
-    assert RewardScale(1.0, 1.0, 0.0).scale(5.0) == 0.0
-    assert RewardScale(1.0, 1.0, 0.0).return_divisor == 1.0
+def test_reward_scale_is_a_fixed_constant_with_stalls_clipped():
+    scale = RewardScale.for_task("abr", max_return=10.0)
+    # a top-rung chunk scores 1; a 25 s stall is clipped at the floor instead of setting the scale
+    np.testing.assert_allclose(scale.scale_rewards([4.3, 0.0, -4.3, -107.5]), [1.0, 0.0, -1.0, -2.0])
+    np.testing.assert_allclose(scale.returns_to_go(np.array([4.3, 4.3, -4.3])), [0.1, 0.0, -0.1])
+    assert scale.start_return == 10.0 and RewardScale.for_task("abr", 10.0, target_return=7.0).start_return == 7.0
+    assert RewardScale.for_task("aqm", 0.0).return_divisor == 1.0
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        RewardScale(-1.0, 0.0, 1.0)
+
+
+def test_returns_keep_good_and_bad_episodes_apart():
+    """Episodes of a careful and a careless policy on the same link: min-max scaling over a pool with one
+    long stall squeezed their returns together; the fixed scale keeps them far apart."""
+    rng = np.random.default_rng(0)
+    good = 1.2 + rng.normal(0, 0.1, 47)  # steady ~1.2 Mbps, no stall
+    bad = 1.8 + rng.normal(0, 0.1, 47) - 4.3 * rng.exponential(0.3, 47)  # greedier, short stalls
+    outlier = np.concatenate([good[:46], [1.2 - 4.3 * 25.0]])  # one 25 s stall
+    scale = RewardScale.for_task("abr")
+    good_return, bad_return = scale.scale_rewards(good).sum(), scale.scale_rewards(bad).sum()
+    spread = (good_return - bad_return) / abs(good_return)
+    assert spread > 0.3, (good_return, bad_return)
+    # what min-max scaling over the pool did: the gap shrinks to a few percent of the return
+    pool = np.concatenate([good, bad, outlier])
+    lo, hi = pool.min(), pool.max()
+    minmax = [((r - lo) / (hi - lo)).sum() for r in (good, bad)]
+    assert (minmax[0] - minmax[1]) / minmax[0] < 0.05 < spread

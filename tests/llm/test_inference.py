@@ -21,12 +21,12 @@ def test_decisions_match_a_full_forward_with_decision_transformer_returns(traine
     policy, config = decider.policy, decider.config
     spec, scale = config.features, config.rewards
     episode = _episode(7, seed=5)
-    target = scale.max_return
+    target = scale.start_return
     returns, states, actions, start = [], [], [], 0
     for t, (obs, reward) in enumerate(episode):
         action = decider.decide(obs, reward)
         if t:
-            target -= float(scale.scale(reward))
+            target -= float(scale.scale_rewards(reward))
         returns.append(target / scale.return_divisor)
         vec = np.array([obs[n] for n in spec.obs_fields])[None]
         states.append(spec.normalise(spec.raw_features(vec))[0])

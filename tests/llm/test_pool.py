@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from llm.features import p_prime_grid, p_prime_to_index
+from llm.features import RewardScale, p_prime_grid, p_prime_to_index
 from llm.pool import MANIFEST_FILE, STEPS_FILE, build_pool, load_pool
 from tests.llm.synthetic import abr_fields, abr_rows, aqm_fields, aqm_rows, expert_quality, write_decisions
 
@@ -36,8 +36,8 @@ def test_abr_pool_aligns_rewards_and_round_trips(tmp_path):
     assert manifest["counts"]["episodes"] == 3 and manifest["counts"]["steps"] == 23
     assert manifest["action_values"] is None
     assert len(manifest["features"]["mean"]) == pool.features.n_values
-    rewards = np.concatenate([e.rewards for e in pool.episodes])
-    assert manifest["rewards"]["reward_min"] == rewards.min() and manifest["rewards"]["reward_max"] == rewards.max()
+    returns = [RewardScale.for_task("abr").scale_rewards(e.rewards).sum() for e in pool.episodes]
+    assert manifest["rewards"] == {"floor": -8.6, "scale": 4.3, "max_return": max(returns), "target_return": None}
     assert b"pickle" not in (tmp_path / "pool" / STEPS_FILE).read_bytes()
 
     loaded = load_pool(tmp_path / "pool")
@@ -69,8 +69,10 @@ def test_aqm_pool_maps_p_prime_to_grid_indices(tmp_path):
     flat = pool.flat(pool.features, pool.rewards, max_timestep=10)
     assert flat["states"].shape == (29, pool.features.n_values)
     assert flat["timesteps"].max() == 10
-    assert flat["returns"][0] == pytest.approx(1.0)  # the only episode holds the maximum return
-    assert np.all(np.diff(flat["returns"]) <= 1e-7)  # returns-to-go fall as rewards are collected
+    # rewards are penalties (-qdelay): the only episode's return is the largest and negative, so it scales
+    # to -1, and what is left to go rises toward 0 as the penalties are collected
+    assert flat["returns"][0] == pytest.approx(-1.0)
+    assert np.all(np.diff(flat["returns"]) >= -1e-7)
 
 
 def test_pool_refuses_mixed_or_wrong_inputs(tmp_path):
