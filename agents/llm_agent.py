@@ -66,14 +66,17 @@ class LlmPolicy:
         deadline_ms: float | None = None,
         fallback: str | None = None,
         n_actions: int | None = None,
+        decider=None,
     ):
         from agents.registry import make_policy
-        from llm.inference import LlmDecider
+        from llm.inference import LlmDecider, load_decider
 
         self.control = control
         checkpoint = checkpoint or os.environ.get("TESTBED_LLM_CHECKPOINT")
-        if checkpoint:
-            self.decider = LlmDecider.from_checkpoint(checkpoint, device=device, dtype=dtype)
+        if decider is not None:  # an in-memory policy (closed-loop selection while training)
+            self.decider = decider
+        elif checkpoint:
+            self.decider = load_decider(checkpoint, device=device, dtype=dtype)
         else:
             backbone = backbone or os.environ.get("TESTBED_LLM_BACKBONE", "default")
             if control == "aqm":
@@ -84,7 +87,10 @@ class LlmPolicy:
             self.decider = LlmDecider.untrained(control, _backbone_dir(backbone), n, obs_fields=fields,
                                                 device=device, dtype=dtype)
         self.deadline_s = None if deadline_ms in (None, "", "none") else float(deadline_ms) / 1e3
-        self.fallback: Policy = make_policy(control, fallback or DEFAULT_FALLBACK[control])
+        # The fallback only acts when a deadline is missed: without a deadline there is none to keep current.
+        self.fallback: Policy | None = (
+            make_policy(control, fallback or DEFAULT_FALLBACK[control]) if self.deadline_s is not None else None
+        )
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm") if self.deadline_s else None
         self._pending: Future | None = None
         self._reward = 0.0
@@ -96,12 +102,14 @@ class LlmPolicy:
     def reset(self) -> None:
         self._settle()
         self.decider.reset()
-        self.fallback.reset()
+        if self.fallback is not None:
+            self.fallback.reset()
         self._reward = 0.0
 
     def observe_reward(self, reward: float) -> None:
         self._reward = float(reward)
-        observe_reward(self.fallback, reward)
+        if self.fallback is not None:
+            observe_reward(self.fallback, reward)
 
     def _settle(self) -> None:
         """Let a late inference finish so the KV cache holds every step."""
@@ -120,7 +128,7 @@ class LlmPolicy:
         vector = obs.to_vector()
         names = AqmObservation.field_names() if self.control == "aqm" else AbrObservation.field_names(obs.n_levels)
         features = dict(zip(names, vector.tolist(), strict=True))
-        fallback_action = self.fallback.act(obs)
+        fallback_action = self.fallback.act(obs) if self.fallback is not None else None
         self._settle()
         self.decisions += 1
         t0 = time.perf_counter()

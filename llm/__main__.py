@@ -28,7 +28,7 @@ def _cmd_pool(args: argparse.Namespace) -> int:
         args.out,
         args.task,
         n_actions=args.n_actions,
-        include_shadow=args.include_shadow,
+        roles=tuple(args.roles),
         history_ticks=args.history_ticks,
     )
     counts = pool.manifest["counts"]
@@ -90,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     pool.add_argument("decisions", nargs="+", help="decisions.parquet files")
     pool.add_argument("--out", required=True, help="pool directory to write")
     pool.add_argument("--n-actions", type=int, default=None, help="AQM p' grid size (default 17)")
-    pool.add_argument("--include-shadow", action="store_true", help="also make episodes of shadow policies")
+    pool.add_argument("--roles", nargs="+", choices=("acting", "shadow"), default=["acting"],
+                      help="rows that form episodes: acting (default), shadow (a teacher's labels on the acting "
+                      "policy's states, as DAgger relabels them), or both")
     pool.add_argument("--history-ticks", type=int, default=8, help="AQM history length in ticks")
     pool.set_defaults(run=_cmd_pool)
 
@@ -102,28 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     adapt_cmd.add_argument(
         "--backbone", default="default", help="'default' (SmolLM2-135M), 'tiny' (random, for smoke runs) or a path"
     )
-    for name in (
-        "epochs",
-        "batch_size",
-        "grad_accum",
-        "warmup_steps",
-        "window",
-        "stride",
-        "eval_every",
-        "patience",
-        "max_steps",
-        "log_every",
-        "channels",
-        "seed",
-    ):
+    for name in ("batch_size", "grad_accum", "window", "stride", "eval_every", "eval_windows", "patience",
+                 "max_steps", "log_every", "channels", "seed", "backbone_layers"):
         adapt_cmd.add_argument(
             f"--{name.replace('_', '-')}", type=int, default=None, help=f"default {getattr(defaults, name)}"
         )
-    for name in ("lr", "weight_decay", "clip_grad", "val_fraction"):
+    for name in ("epochs", "lr", "lora_lr", "weight_decay", "warmup_fraction", "clip_grad", "val_fraction"):
         adapt_cmd.add_argument(
             f"--{name.replace('_', '-')}", type=float, default=None, help=f"default {getattr(defaults, name)}"
         )
-    adapt_cmd.add_argument("--select-on", choices=("loss", "accuracy"), default=None)
+    adapt_cmd.add_argument("--no-return-conditioning", dest="return_conditioning", action="store_false",
+                           default=None, help="feed 0 as the return token (imitation in the same architecture)")
+    adapt_cmd.add_argument("--select-on", choices=("loss", "accuracy"), default=None,
+                           help="teacher-forced validation metric (closed-loop selection: testbed learn)")
     adapt_cmd.add_argument("--device", default=None, help="default cpu")
     adapt_cmd.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     adapt_cmd.add_argument("--lora-rank", type=int, default=defaults.lora.rank)

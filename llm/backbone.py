@@ -42,10 +42,13 @@ def load_backbone(
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
     device_map: str | dict | None = None,
+    layers: int | None = None,
 ) -> PreTrainedModel:
     """Load a causal LM (Llama, Qwen2, Mistral, GPT-2, OPT, ...) from a local model directory, in eval mode.
 
-    ``device_map`` (accelerate-style) takes precedence over ``device`` when given.
+    ``layers`` keeps only the first ``layers`` transformer blocks (a latency lever: the cost of a
+    decision follows the number of blocks run). ``device_map`` (accelerate-style) takes precedence
+    over ``device`` when given.
     """
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -53,9 +56,39 @@ def load_backbone(
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=resolve_dtype(dtype), device_map=device_map, local_files_only=True
     )
+    if layers is not None:
+        truncate_layers(model, layers)
     if device_map is None:
         model.to(device)
     return model.eval()
+
+
+def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
+    """The LM's list of transformer blocks, whatever the architecture calls it."""
+    for path in ("model.layers", "transformer.h", "model.decoder.layers"):
+        node = model
+        for part in path.split("."):
+            node = getattr(node, part, None)
+            if node is None:
+                break
+        if isinstance(node, torch.nn.ModuleList):
+            return node
+    raise ValueError(f"cannot find the transformer blocks of a {type(model).__name__}")
+
+
+def truncate_layers(model: PreTrainedModel, layers: int) -> PreTrainedModel:
+    """Keep the first ``layers`` blocks of ``model`` in place (and say so in its config)."""
+    blocks = decoder_layers(model)
+    if not 1 <= layers <= len(blocks):
+        raise ValueError(f"layers must be in [1, {len(blocks)}] for this backbone, got {layers}")
+    del blocks[layers:]
+    config = model.config
+    for key in ("num_hidden_layers", "n_layer"):
+        if hasattr(config, key):
+            setattr(config, key, layers)
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:layers]
+    return model
 
 
 def hidden_size_of(model: PreTrainedModel) -> int:

@@ -26,6 +26,7 @@ conditioning). See :mod:`llm.policy` for the KV cache and the cost of sliding th
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,18 @@ from llm.backbone import load_backbone, resolve_dtype
 from llm.features import RewardScale, feature_spec, p_prime_grid
 from llm.policy import DEFAULT_WINDOW, DecisionSession, DecisionTransformerPolicy, PolicyConfig, build_policy
 from llm.train import load_policy
+
+
+def load_decider(path: str | Path, device: str = "auto", dtype: str | torch.dtype = "auto", **kwargs):
+    """The decider of any learned checkpoint: a decision transformer (:class:`LlmDecider`) or the MLP baseline."""
+    config_file = Path(path) / "policy_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} is not a policy checkpoint (no policy_config.json)")
+    if json.loads(config_file.read_text()).get("kind") == "mlp":
+        from llm.mlp import MlpDecider
+
+        return MlpDecider.from_checkpoint(path, device=device)
+    return LlmDecider.from_checkpoint(path, device=device, dtype=dtype, **kwargs)
 
 
 def resolve_device(device: str, dtype: str | torch.dtype) -> tuple[torch.device, torch.dtype]:
@@ -156,7 +169,7 @@ class LlmDecider:
         state = self._spec.normalise(self._spec.raw_features(np.stack(self._rows))[-1:])
         if self._step > 0:
             self._target -= float(self.config.rewards.scale_rewards(reward))
-        rtg = self._target / self.config.rewards.return_divisor
+        rtg = self._target / self.config.rewards.return_divisor if self.config.return_conditioning else 0.0
         timestep = min(self._step, self.config.max_timestep)
         logits = self._session.step(
             torch.tensor([rtg], dtype=torch.float32),

@@ -34,7 +34,8 @@ from peft import PeftModel
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
-from llm.backbone import hidden_size_of
+from llm.backbone import decoder_layers, hidden_size_of
+from llm.engine import Decoder, LeverModules, Levers, StepOutput, StreamKv, supports
 from llm.features import FeatureSpec, RewardScale, TokenSpec
 
 #: Window length in steps (NetLLM's w).
@@ -58,6 +59,14 @@ class PolicyConfig:
     window: int = DEFAULT_WINDOW
     channels: int = DEFAULT_CHANNELS
     action_values: list[float] | None = None  # AQM: the p' of each action index; ABR: None
+    #: keep only the backbone's first k blocks (None: all)
+    backbone_layers: int | None = None
+    #: False: the return token always carries 0 (plain imitation in the same architecture)
+    return_conditioning: bool = True
+    #: latency levers of the decoder (llm.engine.Levers fields); empty: none
+    levers: dict = field(default_factory=dict)
+    #: a LoRA adapter folded into the backbone before this checkpoint's own (relative to the checkpoint)
+    base_adapter: str | None = None
     lora: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
 
@@ -129,6 +138,7 @@ class DecisionTransformerPolicy(nn.Module):
         max_timestep: int,
         window: int = DEFAULT_WINDOW,
         channels: int = DEFAULT_CHANNELS,
+        levers: Levers | None = None,
     ) -> None:
         super().__init__()
         if n_actions < 2:
@@ -158,6 +168,18 @@ class DecisionTransformerPolicy(nn.Module):
         lm_rms = backbone.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt().item()
         nn.init.constant_(self.embed_ln.weight, lm_rms)
         self.head = nn.Linear(hidden, n_actions)
+        self.levers = levers or Levers()
+        base = backbone.get_base_model() if isinstance(backbone, PeftModel) else backbone
+        self.lever_modules: LeverModules | None = None
+        if self.levers.active:
+            if not supports(base):
+                raise ValueError(f"latency levers need a Llama-family backbone, not {base.config.model_type!r}")
+            first = decoder_layers(base)[0].self_attn
+            self.lever_modules = LeverModules(
+                self.levers, len(decoder_layers(base)), hidden, first.head_dim, n_actions
+            )
+        # Llama-family backbones run through our layer loop (KV caches per stream, levers); others through theirs.
+        self.decoder = Decoder(backbone, self.levers, self.lever_modules) if supports(base) else None
 
     @property
     def tokens_per_step(self) -> int:
@@ -207,34 +229,54 @@ class DecisionTransformerPolicy(nn.Module):
         return torch.cat([head, steps[:, -1]], dim=1)
 
     def run_lm(
-        self, embeds: torch.Tensor, cache: DynamicCache | None = None, start_position: int = 0
-    ) -> tuple[torch.Tensor, DynamicCache | None]:
-        """Run the LM body on ``inputs_embeds`` at positions ``start_position..``; returns hidden states and cache."""
+        self,
+        embeds: torch.Tensor,
+        cache: StreamKv | DynamicCache | None = None,
+        start_position: int = 0,
+        *,
+        collect_exits: bool = False,
+        exit_check=None,
+    ) -> StepOutput:
+        """Run the LM body on embeddings at positions ``start_position..``; the cache (if any) grows in place."""
         b, n, _ = embeds.shape
         positions = torch.arange(start_position, start_position + n, device=embeds.device).expand(b, n)
         lm_dtype = self.backbone.get_input_embeddings().weight.dtype
+        if self.decoder is not None:
+            return self.decoder.forward(
+                embeds.to(lm_dtype), positions, None if cache is None else [cache],
+                training=self.training and torch.is_grad_enabled(), collect_exits=collect_exits,
+                exit_check=exit_check,
+            )
         out = _decoder(self.backbone)(
-            inputs_embeds=embeds.to(lm_dtype),
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=cache is not None,
+            inputs_embeds=embeds.to(lm_dtype), position_ids=positions, cache=cache, use_cache=cache is not None
         )
-        return out.last_hidden_state, out.past_key_values if cache is not None else None
+        return StepOutput(hidden=out.last_hidden_state)
+
+    def _last_states(self, hidden: torch.Tensor, k: int) -> torch.Tensor:
+        last_state = torch.arange(k, device=hidden.device) * self.tokens_per_step + self.n_state_tokens
+        return hidden[:, last_state].to(self.param_dtype)
+
+    def outputs(
+        self, returns: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, timesteps: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor | None]:
+        """(final head outputs (B, K, n_actions), exit heads' outputs by depth, gate execution ratio per row)."""
+        k = returns.shape[1]
+        if k > self.window:
+            raise ValueError(f"windows hold at most {self.window} steps, got {k}")
+        out = self.run_lm(self.sequence(returns, states, actions, timesteps), collect_exits=bool(self.levers.exit_layers))
+        final = self.head(self._last_states(out.hidden, k))
+        exits = {e: self.lever_modules.exit_heads[str(e)](self._last_states(h, k)) for e, h in out.exit_hidden.items()}
+        return final, exits, out.exec_ratio
 
     def forward(
         self, returns: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
-        """Action logits of every step of full windows: (B, K) ... -> (B, K, n_actions).
+        """Action outputs of every step of full windows: (B, K) ... -> (B, K, n_actions).
 
         Windows are right-padded (causal attention keeps padding from touching real steps);
         mask padded steps in the loss.
         """
-        k = returns.shape[1]
-        if k > self.window:
-            raise ValueError(f"windows hold at most {self.window} steps, got {k}")
-        hidden, _ = self.run_lm(self.sequence(returns, states, actions, timesteps))
-        last_state = torch.arange(k, device=hidden.device) * self.tokens_per_step + self.n_state_tokens
-        return self.head(hidden[:, last_state].to(self.param_dtype))
+        return self.outputs(returns, states, actions, timesteps)[0]
 
     def loss(
         self,
@@ -243,13 +285,48 @@ class DecisionTransformerPolicy(nn.Module):
         actions: torch.Tensor,
         timesteps: torch.Tensor,
         mask: torch.Tensor,
+        advantages: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-entropy to the logged actions over unpadded steps, and the greedy action accuracy."""
-        logits = self.forward(returns, states, actions, timesteps).float()
+        """The training loss over unpadded steps and the greedy action accuracy (see :func:`action_loss`).
+
+        With exit heads, each exit's action loss joins the final one, weighted by its depth (CALM);
+        with gates, ``gate_weight * |execution ratio - gate_target|`` (D-LLM's compute budget).
+        """
+        final, exits, exec_ratio = self.outputs(returns, states, actions, timesteps)
         valid = mask.bool()
-        loss = F.cross_entropy(logits[valid], actions[valid])
-        accuracy = (logits[valid].argmax(-1) == actions[valid]).float().mean()
+        loss, accuracy = action_loss(final.float(), actions, valid, advantages)
+        if exits:
+            n_blocks = self.decoder.n_blocks
+            weights = {e: e / n_blocks for e in exits} | {n_blocks: 1.0}
+            total = weights[n_blocks] * loss
+            for e, out in exits.items():
+                total = total + weights[e] * action_loss(out.float(), actions, valid, advantages)[0]
+            loss = total / sum(weights.values())
+        if exec_ratio is not None:
+            loss = loss + self.levers.gate_weight * (exec_ratio - self.levers.gate_target).abs().mean()
         return loss, accuracy
+
+
+def action_loss(
+    outputs: torch.Tensor, actions: torch.Tensor, valid: torch.Tensor, advantages: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Imitation (cross-entropy to the logged action) or, with ``advantages``, action-value regression.
+
+    Action-value regression fits each output to the teacher's advantage of that action (its value
+    minus the best action's, with the future known) by mean squared error, on the steps that carry
+    values. The greedy action then maximises the *expected* advantage given what the policy sees,
+    which prices the risk the teacher never ran; imitating a clairvoyant teacher's choice instead
+    copies its boldness without its foresight. Accuracy is agreement with the logged action.
+    """
+    if advantages is None:
+        loss = F.cross_entropy(outputs[valid], actions[valid])
+    else:
+        rows = valid & ~torch.isnan(advantages).any(-1)
+        if not rows.any():
+            raise ValueError("action-value regression needs steps with teacher action values (action_scores)")
+        loss = F.mse_loss(outputs[rows], advantages[rows].float())
+    accuracy = (outputs[valid].argmax(-1) == actions[valid]).float().mean()
+    return loss, accuracy
 
 
 class DecisionSession:
@@ -284,8 +361,11 @@ class DecisionSession:
         self._states: list[torch.Tensor] = []
         self._timesteps: list[torch.Tensor] = []
         self._actions: list[torch.Tensor] = []
-        self._cache: DynamicCache | None = None
+        self._cache: list[StreamKv] | DynamicCache | None = None
+        self._cached_tokens = 0
         self.rebuilds = 0
+        #: blocks run for the last step (fewer than all after an early exit)
+        self.blocks_run = 0
 
     @property
     def context_steps(self) -> int:
@@ -333,19 +413,63 @@ class DecisionSession:
         self._timesteps.append(timesteps.to(device=device, dtype=torch.long).reshape(self.batch_size))
 
         policy = self.policy
+        exit_check = self._exit_check()
         if not self.use_cache or slide or self._cache is None:
             self.rebuilds += int(slide and self.use_cache)
             embeds = policy.sequence(*self.context())
-            cache = DynamicCache() if self.use_cache else None
-            hidden, self._cache = policy.run_lm(embeds, cache, 0)
+            self._cache = self._new_cache() if self.use_cache else None
+            out = self._run(embeds, 0, exit_check)
         else:
             action = policy.action_tokens(self._actions[-1][:, None], self._timesteps[-2][:, None])
             state = policy.step_tokens(
                 self._returns[-1][:, None], self._states[-1][:, None], self._timesteps[-1][:, None]
             )
             new = torch.cat([action[:, 0], state[:, 0]], dim=1)
-            hidden, self._cache = policy.run_lm(new, self._cache, self._cache.get_seq_length())
-        return policy.head(hidden[:, -1].to(policy.param_dtype)).float()
+            out = self._run(new, self._cached_tokens, exit_check)
+        self.blocks_run = out.blocks_run
+        last = out.hidden[:, -1].to(policy.param_dtype)
+        if policy.decoder is not None and out.blocks_run < policy.decoder.n_blocks:
+            return policy.lever_modules.exit_heads[str(out.blocks_run)](last).float()
+        return policy.head(last).float()
+
+    def _new_cache(self) -> list[StreamKv] | DynamicCache:
+        policy = self.policy
+        if policy.decoder is None:
+            return DynamicCache()
+        capacity = (policy.window + 1) * policy.tokens_per_step
+        return [policy.decoder.new_kv(capacity) for _ in range(self.batch_size)]
+
+    def _run(self, embeds: torch.Tensor, start: int, exit_check) -> StepOutput:
+        policy = self.policy
+        b, n, _ = embeds.shape
+        self._cached_tokens = start + n
+        if policy.decoder is None:
+            return policy.run_lm(embeds, self._cache, start)
+        positions = torch.arange(start, start + n, device=embeds.device).expand(b, n)
+        lm_dtype = policy.backbone.get_input_embeddings().weight.dtype
+        return policy.decoder.forward(embeds.to(lm_dtype), positions, self._cache, exit_check=exit_check)
+
+    def _exit_check(self):
+        """Exit at an exit head whose confidence reaches the threshold, for every row of the batch."""
+        policy = self.policy
+        levers = policy.levers
+        if not levers.exit_layers or levers.exit_threshold is None:
+            return None
+
+        def check(depth: int, normed: torch.Tensor) -> bool:
+            out = policy.lever_modules.exit_heads[str(depth)](normed[:, -1].to(policy.param_dtype)).float()
+            return bool((exit_confidence(out, levers.exit_confidence) >= levers.exit_threshold).all())
+
+        return check
+
+
+def exit_confidence(outputs: torch.Tensor, kind: str) -> torch.Tensor:
+    """How sure an exit head is, per row: top softmax probability (``softmax``), or the gap between the best
+    and second-best output (``margin``, for heads that regress action values, in scaled reward units)."""
+    if kind == "softmax":
+        return outputs.softmax(-1).max(-1).values
+    top = outputs.topk(2, dim=-1).values
+    return top[..., 0] - top[..., 1]
 
 
 def build_policy(
@@ -362,18 +486,13 @@ def build_policy(
         max_timestep=config.max_timestep,
         window=config.window,
         channels=config.channels,
+        levers=Levers(**config.levers),
     )
     device = next(backbone.parameters()).device
     for name, module in policy.named_children():
         if name != "backbone":
             module.to(device=device, dtype=dtype)
     return policy
-
-
-def count_parameters(module: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in module.parameters())
 
 
 def amortised_tokens_per_decision(tokens_per_step: int, window: int, keep_steps: int) -> float:

@@ -2,16 +2,20 @@
 
 Reading a decisions file (columns and metadata as documented for the run directory):
 
-* rows of ``role == "acting"`` form the trajectory; shadow policies' rows are skipped unless
-  ``include_shadow`` (then each shadow policy forms its own episodes with the *acting*
-  policy's states and rewards: good for imitation, not for return conditioning);
+* ``roles`` says which rows form trajectories: ``"acting"`` (the default), ``"shadow"``
+  (each shadow policy forms its own episodes with the *acting* policy's states and rewards:
+  a teacher's labels on the states a learner visited, as DAgger relabels them; good for
+  imitation, not for return conditioning), or both;
 * episodes are split by file and ``control_point``, in file order, and also after a row with
   ``done`` or where ``step`` does not increase;
 * reward alignment: the ``reward`` of row t+1 is the reward of the action of row t, so an
   episode of n rows gives n - 1 transitions and the final row supplies the last reward (its
   own action, if any, never got one);
 * actions: ABR ``action[0]`` is the quality index; AQM ``action[0]`` is the p' applied,
-  mapped to the nearest index of the p' grid in log terms.
+  mapped to the nearest index of the p' grid in log terms;
+* action values: a teacher that scores every action (the clairvoyant ABR planner) leaves them
+  in the row's info JSON as ``action_scores``; they become the episode's ``targets`` (NaN where
+  a row has none), which a learner can regress instead of imitating the chosen action.
 
 The pool directory holds ``steps.parquet`` (one row per transition, raw observations kept so
 the pool can be featurised again) and ``manifest.json`` (task, obs_fields, n_actions, the
@@ -56,9 +60,14 @@ class Episode:
     control_point: str
     policy: str
     role: str
+    #: (T, n_actions) value of every action at each step, where the teacher gave them (else NaN rows)
+    targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.actions)
+
+    def target_rows(self, n_actions: int) -> np.ndarray:
+        return self.targets if self.targets is not None else np.full((len(self), n_actions), np.nan)
 
 
 @dataclass
@@ -99,9 +108,11 @@ class Pool:
 
         Returns ``states`` (N, D) float32, ``actions`` (N,), ``returns`` (N,) returns-to-go over
         the pool's maximum return, ``timesteps`` (N,) clipped to ``max_timestep``, and
-        ``episode_start`` / ``episode_end`` (N,), the index range of each step's episode.
+        ``episode_start`` / ``episode_end`` (N,), the index range of each step's episode, and
+        ``advantages`` (N, n_actions): each action's value minus the best one's, in scaled reward
+        units and clipped at the reward floor (NaN rows where the teacher gave no values).
         """
-        states, actions, returns, timesteps, starts, ends = [], [], [], [], [], []
+        states, actions, returns, timesteps, starts, ends, advantages = [], [], [], [], [], [], []
         offset = 0
         for ep in self.episodes:
             n = len(ep)
@@ -111,6 +122,10 @@ class Pool:
             timesteps.append(np.minimum(np.arange(n), max_timestep))
             starts.append(np.full(n, offset))
             ends.append(np.full(n, offset + n))
+            values = ep.target_rows(self.n_actions)
+            with np.errstate(invalid="ignore"):
+                advantage = (values - values.max(axis=1, keepdims=True)) / rewards.scale
+            advantages.append(np.maximum(advantage, rewards.floor / rewards.scale).astype(np.float32))
             offset += n
         return {
             "states": np.concatenate(states),
@@ -119,6 +134,7 @@ class Pool:
             "timesteps": np.concatenate(timesteps).astype(np.int64),
             "episode_start": np.concatenate(starts).astype(np.int64),
             "episode_end": np.concatenate(ends).astype(np.int64),
+            "advantages": np.concatenate(advantages),
         }
 
 
@@ -141,8 +157,17 @@ def _split_points(steps: np.ndarray, done: np.ndarray) -> list[int]:
     return [0, *cuts, len(steps)]
 
 
+ROLES = ("acting", "shadow")
+
+
+def _check_roles(roles: tuple[str, ...]) -> tuple[str, ...]:
+    if not roles or any(r not in ROLES for r in roles):
+        raise ValueError(f"roles must be a non-empty subset of {ROLES}, got {roles!r}")
+    return tuple(roles)
+
+
 def read_decisions(
-    path: str | Path, task: str, n_actions: int | None = None, include_shadow: bool = False
+    path: str | Path, task: str, n_actions: int | None = None, roles: tuple[str, ...] = ("acting",)
 ) -> tuple[list[str], list[Episode], int]:
     """Episodes of one decisions.parquet: (obs_fields, episodes, episodes skipped for having < 2 rows)."""
     path = Path(path)
@@ -153,7 +178,9 @@ def read_decisions(
     if meta["control"] != task:
         raise ValueError(f"{path}: control is {meta['control']!r}, not {task!r}")
     obs_fields = json.loads(meta["obs_fields"])
-    table = pq.read_table(path, columns=["control_point", "step", "policy", "role", "obs", "action", "reward", "done"])
+    table = pq.read_table(
+        path, columns=["control_point", "step", "policy", "role", "obs", "action", "reward", "done", "info"]
+    )
     obs = _obs_matrix(table.column("obs"), len(obs_fields), path)
     # The episode-ending row carries no action (an empty list): read it as NaN.
     actions = table.column("action")
@@ -167,6 +194,7 @@ def read_decisions(
     control_point = np.asarray(table.column("control_point").to_pylist(), dtype=object)
     policy = np.asarray(table.column("policy").to_pylist(), dtype=object)
     role = np.asarray(table.column("role").to_pylist(), dtype=object)
+    infos = table.column("info").to_pylist()
 
     if task == "abr":
         n = sum(1 for f in obs_fields if f.startswith("bitrates_bps."))
@@ -175,11 +203,12 @@ def read_decisions(
         n_actions = n
     grid = p_prime_grid(n_actions or AQM_N_ACTIONS) if task == "aqm" else None
 
+    roles = _check_roles(roles)
     groups: list[tuple[np.ndarray, str]] = []
     for cp in dict.fromkeys(control_point.tolist()):
-        rows = np.flatnonzero((control_point == cp) & (role == "acting"))
-        groups.append((rows, "acting"))
-        if include_shadow:
+        if "acting" in roles:
+            groups.append((np.flatnonzero((control_point == cp) & (role == "acting")), "acting"))
+        if "shadow" in roles:
             shadow = (control_point == cp) & (role == "shadow")
             for name in dict.fromkeys(policy[shadow].tolist()):
                 groups.append((np.flatnonzero(shadow & (policy == name)), "shadow"))
@@ -210,13 +239,29 @@ def read_decisions(
                     control_point=str(control_point[ep_rows[0]]),
                     policy=str(policy[ep_rows[0]]),
                     role=group_role,
+                    targets=_action_scores([infos[i] for i in ep_rows[:-1]], n_actions or AQM_N_ACTIONS, path),
                 )
             )
     return obs_fields, episodes, skipped
 
 
+def _action_scores(infos: list[str | None], n_actions: int, path: Path) -> np.ndarray | None:
+    """The ``action_scores`` of each row's info JSON as (T, n_actions), NaN rows where absent; None if none has them."""
+    if not any(info and '"action_scores"' in info for info in infos):
+        return None
+    rows = np.full((len(infos), n_actions), np.nan)
+    for t, info in enumerate(infos):
+        scores = json.loads(info).get("action_scores") if info else None
+        if scores is not None:
+            if len(scores) != n_actions:
+                raise ValueError(f"{path}: action_scores of length {len(scores)}, the task has {n_actions} actions")
+            rows[t] = scores
+    return rows
+
+
 def _episodes_table(episodes: list[Episode]) -> pa.Table:
-    rows = {k: [] for k in ("episode", "step", "obs", "action", "reward", "source", "control_point", "policy", "role")}
+    keys = ("episode", "step", "obs", "action", "reward", "targets", "source", "control_point", "policy", "role")
+    rows = {k: [] for k in keys}
     for i, ep in enumerate(episodes):
         n = len(ep)
         rows["episode"] += [i] * n
@@ -224,6 +269,7 @@ def _episodes_table(episodes: list[Episode]) -> pa.Table:
         rows["obs"] += list(ep.obs)
         rows["action"] += ep.actions.tolist()
         rows["reward"] += ep.rewards.tolist()
+        rows["targets"] += ep.targets.tolist() if ep.targets is not None else [[]] * n
         for key in ("source", "control_point", "policy", "role"):
             rows[key] += [getattr(ep, key)] * n
     return pa.table(
@@ -233,6 +279,7 @@ def _episodes_table(episodes: list[Episode]) -> pa.Table:
             "obs": pa.array([o.tolist() for o in rows["obs"]], pa.list_(pa.float64())),
             "action": pa.array(rows["action"], pa.int32()),
             "reward": pa.array(rows["reward"], pa.float64()),
+            "targets": pa.array(rows["targets"], pa.list_(pa.float64())),
             "source": pa.array(rows["source"], pa.string()),
             "control_point": pa.array(rows["control_point"], pa.string()),
             "policy": pa.array(rows["policy"], pa.string()),
@@ -263,24 +310,28 @@ def _steps_by_policy(episodes: list[Episode]) -> dict[str, int]:
 
 
 def build_pool(
-    paths: list[str | Path],
+    paths: list[str | Path | tuple[str | Path, tuple[str, ...]]],
     out_dir: str | Path,
     task: str,
     n_actions: int | None = None,
-    include_shadow: bool = False,
+    roles: tuple[str, ...] = ("acting",),
     history_ticks: int = AQM_HISTORY_TICKS,
 ) -> Pool:
     """Read decisions files into a pool, fit feature and reward statistics, write it to ``out_dir``.
 
     ``n_actions``: AQM grid size (default 17); for ABR it is the number of quality levels.
+    An entry of ``paths`` may be ``(path, roles)`` to read other roles from that file than
+    ``roles`` (a teacher's own runs beside DAgger runs whose shadow rows are the labels).
     """
     if not paths:
         raise ValueError("build_pool needs at least one decisions.parquet")
+    sources = [(p[0], tuple(p[1])) if isinstance(p, tuple) else (p, roles) for p in paths]
+    paths = [p for p, _ in sources]
     obs_fields: list[str] | None = None
     episodes: list[Episode] = []
     skipped = 0
-    for path in paths:
-        fields, eps, n_skipped = read_decisions(path, task, n_actions, include_shadow)
+    for path, file_roles in sources:
+        fields, eps, n_skipped = read_decisions(path, task, n_actions, file_roles)
         if obs_fields is None:
             obs_fields = fields
         elif fields != obs_fields:
@@ -288,7 +339,7 @@ def build_pool(
         episodes += eps
         skipped += n_skipped
     if not episodes:
-        raise ValueError(f"no episode with at least two acting rows in {len(paths)} file(s)")
+        raise ValueError(f"no episode with at least two rows of the chosen roles in {len(paths)} file(s)")
 
     spec, scale = fit_statistics(feature_spec(task, obs_fields, history_ticks), episodes)
     if task == "aqm":
@@ -305,7 +356,7 @@ def build_pool(
         "features": spec.to_dict(),
         "rewards": asdict(scale),
         "max_episode_steps": max(len(ep) for ep in episodes),
-        "include_shadow": include_shadow,
+        "roles": sorted({r for _, file_roles in sources for r in _check_roles(file_roles)}),
         "sources": [str(Path(p).resolve()) for p in paths],
         "counts": {
             "files": len(paths),
@@ -339,6 +390,7 @@ def load_pool(pool_dir: str | Path) -> Pool:
     action = table.column("action").to_numpy().astype(np.int64)
     reward = table.column("reward").to_numpy()
     text = {k: table.column(k).to_pylist() for k in ("source", "control_point", "policy", "role")}
+    targets = table.column("targets").to_pylist()
     bounds = np.flatnonzero(np.diff(episode)) + 1
     episodes = []
     for rows in np.split(np.arange(len(episode)), bounds):
@@ -352,6 +404,13 @@ def load_pool(pool_dir: str | Path) -> Pool:
                 control_point=text["control_point"][i],
                 policy=text["policy"][i],
                 role=text["role"][i],
+                targets=_stored_targets([targets[r] for r in rows], int(manifest["n_actions"])),
             )
         )
     return Pool(manifest, episodes)
+
+
+def _stored_targets(rows: list[list[float]], n_actions: int) -> np.ndarray | None:
+    if not any(rows):
+        return None
+    return np.array([r if r else [np.nan] * n_actions for r in rows], dtype=np.float64)

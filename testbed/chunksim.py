@@ -136,6 +136,7 @@ def run_session(
     start_quality: int = START_QUALITY,
     client: str = "chunksim",
     shadows: Sequence[AbrPolicy] = (),
+    start_s: float = 0.0,
 ) -> SessionResult:
     """Play the whole video over ``trace`` with ``policy`` choosing every chunk after the first.
 
@@ -146,6 +147,8 @@ def run_session(
     logged beside the acting one (``role == "shadow"``): the DAgger relabelling
     of the states the acting policy visits. Policies with a ``see_future``
     method (teachers) are shown the true link before each decision.
+    ``start_s`` starts the session that far into the trace (Pensieve's training
+    sessions start at random points; evaluation starts at 0).
     """
     if not 0 <= start_quality < manifest.n_levels:
         raise ValueError(f"start_quality must be in [0, {manifest.n_levels - 1}], got {start_quality}")
@@ -154,7 +157,10 @@ def run_session(
     deciders = [("acting", policy), *(("shadow", shadow) for shadow in shadows)]
     for _, p in deciders:
         p.reset()
+    if start_s < 0:
+        raise ValueError(f"start_s must be >= 0, got {start_s}")
     cursor = _TraceCursor(trace)
+    cursor.idle(start_s)
     future = cursor.future(rtt_s, buffer_cap_s) if any(hasattr(p, "see_future") for _, p in deciders) else None
     clock_s = 0.0
     buffer_s = 0.0
@@ -256,6 +262,15 @@ def _check_quality(policy: AbrPolicy, quality: object, n_levels: int, chunk: int
     return int(quality)
 
 
+def _info(policy: AbrPolicy, trace: BandwidthTrace, chunk: int, done: bool) -> dict:
+    """The row's info: where it came from, and a teacher's value of every action when it has them."""
+    info = {"trace": trace.name, "chunk": chunk, "simulator": "chunksim"}
+    scores = getattr(policy, "last_action_scores", None)
+    if scores is not None and not done:
+        info["action_scores"] = [float(v) for v in scores]
+    return info
+
+
 def _decision_row(
     policy: AbrPolicy,
     step: int,
@@ -281,7 +296,7 @@ def _decision_row(
         "decision_ms": decision_ms,
         "fallback": False,
         "done": done,
-        "info": json.dumps({"trace": trace.name, "chunk": chunk, "simulator": "chunksim"}),
+        "info": json.dumps(_info(policy, trace, chunk, done)),
     }
 
 
@@ -344,27 +359,31 @@ def evaluate(
     manifest: VideoManifest,
     out_dir: str | Path | None = None,
     decisions: bool = False,
+    shadows: Mapping[str, Callable[[], AbrPolicy]] | None = None,
 ) -> pd.DataFrame:
     """Run every policy over every trace; one row per (policy, trace).
 
     ``qoe_lin`` is the session mean excluding the first chunk (the headline
     number of the literature). With ``out_dir``, each policy's sessions land in
     ``out_dir/<policy>/video.parquet`` (``client`` = trace name) and, with
-    ``decisions``, ``decisions.parquet``.
+    ``decisions``, ``decisions.parquet`` (with the rows of ``shadows``, which
+    shadow every policy: DAgger's relabelling).
     """
     rows = []
     for key, factory in policies.items():
         policy = factory()
+        shadow_policies = [make() for make in (shadows or {}).values()]
         videos, decision_frames = [], []
         for trace in traces:
-            result = run_session(policy, trace, manifest, client=trace.name)
+            result = run_session(policy, trace, manifest, client=trace.name, shadows=shadow_policies)
             summary = QoeSummary.from_chunks(
                 result.video["bitrate_bps"],
                 result.video["rebuffer_s"],
                 manifest.chunk_duration_s,
                 prev_bitrate_bps=manifest.bitrates_bps[START_QUALITY],
             )
-            acted = result.decisions.loc[~result.decisions["done"], "decision_ms"]
+            acting = result.decisions["role"] == "acting"
+            acted = result.decisions.loc[acting & ~result.decisions["done"], "decision_ms"]
             rows.append(
                 {
                     "policy": key,

@@ -154,6 +154,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return _print_report(report(args.runs, Path(args.output)))
 
 
+def cmd_learn(args: argparse.Namespace) -> int:
+    from testbed.learn import Recipe, learn
+
+    recipe = Recipe.load(args.recipe)
+    out = Path(args.out) if args.out else Path("runs") / "learn" / recipe.name
+    learn(recipe, out)
+    print(f"checkpoint: {out / 'checkpoint'} (use it with --abr llm --llm-checkpoint {out / 'checkpoint'})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="testbed", description="L4S / ABR emulation testbed")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -194,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("sweep_file", help="SWEEP.yaml: scenario(s), params, policies, seeds, out")
     _grid_options(swp)
     swp.set_defaults(func=cmd_sweep)
+
+    lrn = sub.add_parser("learn", help="learn an ABR policy from a recipe: teachers, pools, adaptation, DAgger, "
+                         "closed-loop selection on validation traces")
+    lrn.add_argument("recipe", help="recipe YAML (e.g. llm/checkpoints/abr-tiny/recipe.yaml)")
+    lrn.add_argument("--out", help="output directory (default: runs/learn/<recipe name>)")
+    lrn.set_defaults(func=cmd_learn)
 
     rep = sub.add_parser("report", help="rebuild a report from stored runs")
     rep.add_argument("runs", nargs="+", type=Path, help="run directories, or trees holding them")

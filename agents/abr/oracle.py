@@ -74,8 +74,7 @@ class LinkFuture:
 class ClairvoyantMPC:
     """Exhaustive-search MPC over the true future link (see the module docstring).
 
-    Ties between plans of equal score go to the plan listed first by
-    :func:`all_plans` (lowest qualities first), so decisions are reproducible.
+    Ties between plans of equal score go to the lowest first quality, so decisions are reproducible.
     ``rebuffer_penalty`` above QoE_lin's 4.3 makes the expert more careful,
     which can make it easier to imitate by a policy that cannot see the future.
     """
@@ -98,9 +97,13 @@ class ClairvoyantMPC:
         self.smoothness_penalty = float(smoothness_penalty)
         self._future: LinkFuture | None = None
         self._plans: dict[tuple[int, int], np.ndarray] = {}
+        #: action_scores of the last decision: what a learner can regress (the value of each action
+        #: with the future known), logged by the chunk-level simulator as the row's ``action_scores``
+        self.last_action_scores: np.ndarray | None = None
 
     def reset(self) -> None:
         self._future = None
+        self.last_action_scores = None
 
     def see_future(self, future: LinkFuture) -> None:
         """The link from this decision on; the simulator calls it before every ``act``."""
@@ -138,7 +141,14 @@ class ClairvoyantMPC:
         scores = plan_mbps.sum(1) - self.rebuffer_penalty * rebuffer_s - self.smoothness_penalty * switches
         return plans, scores
 
-    def act(self, obs: AbrObservation) -> int:
+    def action_scores(self, obs: AbrObservation) -> np.ndarray:
+        """The value of each first quality: the best plan score among the plans that start with it."""
         plans, scores = self.plan_scores(obs)
-        return int(plans[int(np.argmax(scores)), 0])
+        best = np.full(obs.n_levels, -np.inf)
+        np.maximum.at(best, plans[:, 0], scores)
+        return best
+
+    def act(self, obs: AbrObservation) -> int:
+        self.last_action_scores = self.action_scores(obs)
+        return int(np.argmax(self.last_action_scores))
 

@@ -21,6 +21,7 @@ simulator reads line ``i`` as the rate over ``(t[i-1], t[i]]`` instead;
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,6 +184,27 @@ def load_trace_set(path_or_dir: str | Path, limit: int | None = None) -> list[Ba
 def default_traces() -> list[BandwidthTrace]:
     """The four FCC traces shipped with the package, taken from ``valid-fcc`` (see data/README.md)."""
     return load_trace_set(DEFAULT_TRACE_DIR)
+
+
+def log_id(name: str) -> str:
+    """The recording a trace file was cut from: FCC files are windows of one log (``test_fcc_trace_<id>_...``)."""
+    match = re.match(r"test_fcc_trace_(\d+)_", name)
+    return match.group(1) if match else name
+
+
+def split_half(traces: list[BandwidthTrace], part: str) -> list[BandwidthTrace]:
+    """One of two disjoint halves of a trace set, whole recordings to a side (windows of one log overlap).
+
+    Recordings, sorted by id, alternate between ``select`` (model selection and tuning) and
+    ``report`` (results); ``all`` returns every trace.
+    """
+    if part == "all":
+        return list(traces)
+    if part not in ("select", "report"):
+        raise TraceError(f"part must be 'select', 'report' or 'all', got {part!r}")
+    ids = sorted({log_id(t.name) for t in traces}, key=lambda i: (len(i), i))
+    side = {i: ("select", "report")[k % 2] for k, i in enumerate(ids)}
+    return [t for t in traces if side[log_id(t.name)] == part]
 
 
 def data_root() -> Path:

@@ -59,7 +59,7 @@ def trained_checkpoint(tmp_path_factory, abr_pools, tiny_backbone):
         batch_size=8,
         grad_accum=1,
         lr=3e-3,
-        warmup_steps=5,
+        warmup_fraction=0.1,
         window=4,
         stride=2,
         channels=16,

@@ -51,11 +51,17 @@ def test_abr_pool_aligns_rewards_and_round_trips(tmp_path):
 
 def test_shadow_rows_become_episodes_only_when_asked(tmp_path):
     path = write_decisions(tmp_path / "d.parquet", "abr", abr_fields(), abr_rows(6, seed=2, shadow=True))
-    pool = build_pool([path], tmp_path / "pool", "abr", include_shadow=True)
+    pool = build_pool([path], tmp_path / "pool", "abr", roles=("acting", "shadow"))
     assert [(e.policy, e.role) for e in pool.episodes] == [("expert", "acting"), ("lowest", "shadow")]
     assert pool.episodes[1].actions.tolist() == [0] * 5
     np.testing.assert_array_equal(pool.episodes[0].rewards, pool.episodes[1].rewards)
     assert pool.manifest["counts"]["steps_by_policy"] == {"expert": 5, "lowest": 5}
+    relabelled = build_pool([path], tmp_path / "shadow", "abr", roles=("shadow",))
+    assert [(e.policy, e.role) for e in relabelled.episodes] == [("lowest", "shadow")]
+    np.testing.assert_array_equal(relabelled.episodes[0].obs, pool.episodes[0].obs)  # the acting policy's states
+    assert build_pool([path], tmp_path / "acting", "abr").manifest["roles"] == ["acting"]
+    with pytest.raises(ValueError, match="roles"):
+        build_pool([path], tmp_path / "bad", "abr", roles=("teacher",))
 
 
 def test_aqm_pool_maps_p_prime_to_grid_indices(tmp_path):

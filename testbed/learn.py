@@ -1,0 +1,279 @@
+"""Learning an ABR policy end to end from a recipe: teachers, pools, adaptation, DAgger, closed-loop selection.
+
+``testbed learn RECIPE.yaml --out DIR`` (or ``python -m llm adapt --recipe RECIPE.yaml``):
+
+1. **Experience.** Every teacher of the recipe (the clairvoyant planner ``oracle``, and any
+   classic ABR) plays every training trace in the chunk-level simulator: the shared ``train``
+   set plus seeded synthetic traces. Validation traces never enter a pool.
+2. **Pool and adaptation.** The teachers' decisions become one pool; the model (a decision
+   transformer on a tiny or pretrained backbone, or the MLP baseline) trains on it.
+3. **Closed-loop selection.** Every ``eval_every`` steps the policy plays the ``select`` half
+   of ``valid-fcc`` and ``valid-norway`` in the chunk-level simulator; its score is the mean
+   over the two sets of QoE relative to RobustMPC's on the same traces. The best checkpoint is
+   kept. The ``report`` halves are never used here: results are read on them.
+4. **DAgger.** Each round the current policy acts on the training traces while the teacher
+   shadows it; the teacher's would-be actions on the states the policy really visited join
+   the pool, and the policy trains again (from its last weights or from scratch).
+
+The output directory holds ``checkpoint/`` (the selected policy, ready for ``--abr llm``),
+``recipe.yaml`` (as run), ``learn.json`` (the trail: data, rounds, selection history, wall
+time) and the intermediate experience and pools.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from emulation.video import BandwidthTrace, default_manifest, load_trace_set, synthetic_trace
+from emulation.video.traces import split_half
+from testbed.chunksim import POLICIES, TEACHERS, evaluate, run_session, write_decisions
+
+#: The validation sets selection reads (their ``select`` halves) and results are reported on (``report``).
+VALIDATION_SETS = ("valid-fcc", "valid-norway")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SyntheticTraces(_Strict):
+    """Seeded synthetic traces that widen the training distribution (levels held for random durations)."""
+
+    count: int = Field(0, ge=0)
+    seed: int = 0
+    duration_s: float = Field(320.0, gt=0)
+    min_mbps: float = Field(0.2, ge=0)
+    max_mbps: float = Field(6.0, gt=0)
+    min_hold_s: float = Field(1.0, gt=0)
+    max_hold_s: float = Field(20.0, gt=0)
+
+
+class ModelSpec(_Strict):
+    kind: Literal["dt", "mlp"] = "dt"
+    #: 'tiny' (random, built into the checkpoint), 'default' (SmolLM2-135M) or a local model directory
+    backbone: str = "tiny"
+
+
+class DaggerSpec(_Strict):
+    rounds: int = Field(0, ge=0)
+    teacher: str = "oracle"
+    #: retrain from scratch on the grown pool (True) or continue from the last weights (False)
+    from_scratch: bool = False
+    #: training settings that differ in DAgger rounds (e.g. a shorter run when continuing)
+    training: dict = Field(default_factory=dict)
+
+
+class Recipe(_Strict):
+    """Everything that makes a shipped policy, as a YAML file beside it."""
+
+    name: str
+    task: Literal["abr"] = "abr"
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    #: shared trace sets or directories to learn from (never a validation set)
+    traces: list[str] = Field(default_factory=lambda: ["train"])
+    synthetic: SyntheticTraces = Field(default_factory=SyntheticTraces)
+    #: sessions per training trace: from its start, then from seeded random offsets
+    starts_per_trace: int = Field(1, ge=1)
+    seed: int = 0
+    teachers: list[str] = Field(default_factory=lambda: ["oracle"])
+    dagger: DaggerSpec = Field(default_factory=DaggerSpec)
+    #: llm.train.TrainSettings fields (dt) or llm.mlp.MlpSettings fields (mlp)
+    training: dict = Field(default_factory=dict)
+    #: torch threads (the machine's cores are shared with the simulator)
+    threads: int = Field(2, ge=1)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"{path}: cannot read the recipe: {exc}") from exc
+        try:
+            recipe = cls.model_validate(data)
+        except ValidationError as exc:
+            where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"{path}: {where}") from None
+        recipe.check()
+        return recipe
+
+    def check(self) -> None:
+        leaked = [t for t in self.traces if Path(t).name in VALIDATION_SETS]
+        if leaked:
+            raise ValueError(f"recipe {self.name}: validation sets never enter a pool, found {leaked} in traces")
+        known = set(TEACHERS) | set(POLICIES)
+        unknown = [t for t in [*self.teachers, self.dagger.teacher] if t not in known]
+        if unknown:
+            raise ValueError(f"recipe {self.name}: unknown teacher(s) {unknown}; known: {sorted(known)}")
+        if not self.teachers:
+            raise ValueError(f"recipe {self.name}: needs at least one teacher")
+
+
+def training_traces(recipe: Recipe) -> list[BandwidthTrace]:
+    """The recipe's training traces: the named sets, then its synthetic traces."""
+    traces = [t for name in recipe.traces for t in load_trace_set(name)]
+    s = recipe.synthetic
+    traces += [synthetic_trace(s.seed + i, s.duration_s, s.min_mbps, s.max_mbps, s.min_hold_s, s.max_hold_s)
+               for i in range(s.count)]
+    return traces
+
+
+def validation_traces(part: str) -> dict[str, list[BandwidthTrace]]:
+    """One half (``select`` or ``report``), or ``all``, of each validation set."""
+    return {name: split_half(load_trace_set(name), part) for name in VALIDATION_SETS}
+
+
+def _teacher(name: str) -> Callable:
+    return TEACHERS.get(name) or POLICIES[name]
+
+
+def learned_policy(model: torch.nn.Module, config) -> Callable:
+    """A factory of agent policies around an in-memory model (decision transformer or MLP)."""
+    from agents.llm_agent import LlmPolicy
+    from llm.inference import LlmDecider
+    from llm.mlp import MlpDecider, MlpPolicy
+
+    def make():
+        decider = MlpDecider(model, config) if isinstance(model, MlpPolicy) else LlmDecider(model, config)
+        return LlmPolicy("abr", decider=decider)
+
+    return make
+
+
+class ClosedLoopSelector:
+    """Scores a policy by chunk-level QoE on the ``select`` halves, relative to RobustMPC on the same traces."""
+
+    def __init__(self, log: Callable[[str], None] = print) -> None:
+        self.sets = validation_traces("select")
+        self.manifest = default_manifest()
+        self.baseline = {name: float(evaluate({"mpc": POLICIES["mpc"]}, traces, self.manifest)["qoe_lin"].mean())
+                         for name, traces in self.sets.items()}
+        self.log = log
+
+    def __call__(self, model: torch.nn.Module, config) -> dict:
+        metrics: dict[str, float] = {}
+        ratios = []
+        for name, traces in self.sets.items():
+            table = evaluate({"learned": learned_policy(model, config)}, traces, self.manifest)
+            qoe = float(table["qoe_lin"].mean())
+            metrics[f"{name}_qoe"] = qoe
+            metrics[f"{name}_rebuffer_s"] = float(table["rebuffer_s"].mean())
+            ratios.append(qoe / self.baseline[name])
+        metrics["score"] = float(np.mean(ratios))
+        return metrics
+
+
+def sessions(recipe: Recipe, traces: list[BandwidthTrace], round_: int) -> list[tuple[BandwidthTrace, float]]:
+    """(trace, start offset) of every training session: the trace's start, then seeded random offsets
+    (``starts_per_trace`` in all), drawn afresh for each DAgger round."""
+    rng = np.random.default_rng([recipe.seed, round_])
+    out = []
+    for trace in traces:
+        offsets = [0.0, *rng.uniform(0.0, trace.duration_s, recipe.starts_per_trace - 1).tolist()]
+        out += [(trace, float(o)) for o in offsets]
+    return out
+
+
+def collect(policies: dict[str, Callable], plays: list[tuple[BandwidthTrace, float]], out: Path,
+            shadows: dict[str, Callable] | None = None) -> list[Path]:
+    """Play every (trace, start) with each policy (and shadows) in the chunk-level simulator; the decisions files."""
+    manifest = default_manifest()
+    files = []
+    for key, factory in policies.items():
+        policy = factory()
+        shadow_policies = [make() for make in (shadows or {}).values()]
+        frames = [run_session(policy, trace, manifest, client=trace.name, shadows=shadow_policies,
+                              start_s=start).decisions for trace, start in plays]
+        path = out / key / "decisions.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_decisions(pd.concat(frames, ignore_index=True), path, key)
+        files.append(path)
+    return files
+
+
+def _train(recipe: Recipe, pool: Path, out: Path, selector: ClosedLoopSelector, log: Callable[[str], None],
+           init: Path | None, overrides: dict) -> dict:
+    settings = {**recipe.training, **overrides}
+    if recipe.model.kind == "mlp":
+        from llm.mlp import MlpSettings, train_mlp
+
+        return train_mlp(pool, out, MlpSettings(**settings), selector=selector, log=log)
+    from llm.train import TrainSettings, adapt
+
+    train_settings = TrainSettings.from_dict({**settings, "select_on": "closed_loop"})
+    return adapt(pool, out, backbone=recipe.model.backbone, settings=train_settings, log=log, selector=selector,
+                 init_checkpoint=init)
+
+
+def _load_learned(checkpoint: Path, kind: str):
+    if kind == "mlp":
+        from llm.mlp import load_mlp
+
+        return load_mlp(checkpoint)
+    from llm.train import load_policy
+
+    return load_policy(checkpoint)
+
+
+def learn(recipe: Recipe, out_dir: str | Path, log: Callable[[str], None] = print) -> dict:
+    """Run the whole recipe into ``out_dir``; returns the trail written to ``learn.json``."""
+    from llm.pool import build_pool
+
+    torch.set_num_threads(recipe.threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+    t0 = time.perf_counter()
+    traces = training_traces(recipe)
+    log(f"[{recipe.name}] {len(traces)} training traces x {recipe.starts_per_trace} starts; teachers {recipe.teachers}")
+    files = collect({t: _teacher(t) for t in recipe.teachers}, sessions(recipe, traces, 0), out / "experience")
+    log(f"[{recipe.name}] experience: {time.perf_counter() - t0:.0f} s")
+    selector = ClosedLoopSelector(log)
+    log(f"[{recipe.name}] selection: RobustMPC on the select halves {selector.baseline}")
+    trail: dict = {"recipe": recipe.name, "training_traces": len(traces), "rounds": []}
+    checkpoint: Path | None = None
+    for round_ in range(recipe.dagger.rounds + 1):
+        if round_ > 0:  # DAgger: the learner acts, the teacher shadows; its labels on the learner's states join
+            model, config = _load_learned(checkpoint, recipe.model.kind)
+            dagger_dir = out / f"dagger-{round_}"
+            files_round = collect({"learned": learned_policy(model, config)}, sessions(recipe, traces, round_), dagger_dir,
+                                  shadows={recipe.dagger.teacher: _teacher(recipe.dagger.teacher)})
+            trail.setdefault("dagger_files", []).extend(str(f) for f in files_round)
+        dagger_files = [Path(f) for f in trail.get("dagger_files", [])]
+        pool_dir = out / f"pool-{round_}"
+        paths = [*files, *((f, ("shadow",)) for f in dagger_files)]
+        build_pool(paths, pool_dir, "abr")
+        round_dir = out / f"round-{round_}"
+        init = None if (round_ == 0 or recipe.dagger.from_scratch) else checkpoint
+        overrides = recipe.dagger.training if round_ > 0 else {}
+        summary = _train(recipe, pool_dir, round_dir, selector, log, init, overrides)
+        best = summary["best_validation"]
+        trail["rounds"].append({"round": round_, "pool": str(pool_dir), "dagger_files": len(dagger_files),
+                                "best_validation": best, "steps": summary["optimizer_steps"],
+                                "wall_s": summary["wall_s"]})
+        log(f"[{recipe.name}] round {round_}: best {best}")
+        checkpoint = round_dir
+    # the policy shipped is the best round's selected checkpoint
+    best_round = max(trail["rounds"], key=lambda r: r["best_validation"]["score"])
+    final = out / "checkpoint"
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.copytree(out / f"round-{best_round['round']}", final)
+    trail["selected_round"] = best_round["round"]
+    trail["wall_s"] = time.perf_counter() - t0
+    (out / "learn.json").write_text(json.dumps(trail, indent=2, default=float))
+    log(f"[{recipe.name}] done in {trail['wall_s']:.0f} s: round {best_round['round']} selected, "
+        f"checkpoint {final}")
+    return trail
+
