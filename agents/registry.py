@@ -8,6 +8,7 @@ other policies (the LLM agent) join with :func:`register`.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -52,8 +53,15 @@ _FACTORIES: dict[str, dict[str, PolicyFactory]] = {
 }
 
 
+#: Policy names become parts of run directory names.
+POLICY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
 def register(control: str, name: str, factory: PolicyFactory, *, replace: bool = False) -> None:
     """Make ``name`` available for ``control``; refuses to shadow an existing name unless ``replace``."""
+    if not POLICY_NAME.fullmatch(name):
+        raise ValueError(f"policy name {name!r}: use letters, digits, '.', '_' and '-', not starting with '.' "
+                         "(it becomes part of a run directory's name)")
     known = _FACTORIES[check_control(control)]
     if name in known and not replace:
         raise ValueError(f"{control} policy {name!r} is already registered (pass replace=True to override)")

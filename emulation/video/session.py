@@ -122,7 +122,7 @@ class VideoComponent:
         self.last_observation: dict[str, AbrObservation] = {}
 
     def attach(self, sim) -> None:
-        ns, net = sim.ns, sim.net
+        net = sim.net
         pair_of = {c.name: j for j, c in enumerate(sim.config.all_video())}
         for config in self.configs:
             if config.name not in pair_of:
@@ -138,7 +138,7 @@ class VideoComponent:
                 )
             decide = self._decide[config.name] if config.name in self._decide else self._policy_decide(config)
             session = _Session(config, manifest, decide)
-            self._install(ns, net, net.video_pair(pair_of[config.name]), session)
+            self._install(sim, net.video_pair(pair_of[config.name]), session)
             self._sessions[config.name] = session
             self.clients[config.name] = session.client
             self.servers[config.name] = session.server
@@ -150,7 +150,8 @@ class VideoComponent:
         policy.reset()
         return policy.act
 
-    def _install(self, ns, net, pair: int, session: _Session) -> None:
+    def _install(self, sim, pair: int, session: _Session) -> None:
+        ns, net = sim.ns, sim.net
         config, manifest = session.config, session.manifest
         cc = ns.TypeIdValue(ns.TypeId.LookupByName(CC_TYPE_IDS["dctcp" if config.transport == "l4s" else "cubic"]))
         server = ns.CreateObject[ns.VideoServer]()
@@ -172,8 +173,9 @@ class VideoComponent:
             manifest.chunk_duration_s,
         )
         session.server, session.client = server, client
-        # Kept on the session: the C++ side holds only a reference to this callable.
-        session.hook = lambda: self._decide_next(session)
+        # Kept on the session: the C++ side holds only a reference to this callable. Once the run is
+        # stopping (a failed decision included) the guard answers quality 0, always valid, and the run ends.
+        session.hook = sim.guard(lambda: self._decide_next(session), fallback=0)
         client.SetDecisionHook(session.hook)
         net.receivers[pair].AddApplication(client)
         client.SetStartTime(ns.Seconds(config.start_s))
