@@ -74,6 +74,8 @@ class OpenGymInterface:
         self._act_codec = codec.SpaceCodec(act_space)
         self._socket: zmq.Socket | None = None
         self._stopped = False
+        # An exchange cut short by a stop signal: the agent's reply is still owed before the final state.
+        self._awaiting_reply = False
         self._round_trips_s = array("d")
         # A Discrete action's reply bytes map to one valid action: decode each distinct reply once (hot path).
         self._cache_replies = isinstance(act_space, spaces.Discrete)
@@ -175,6 +177,9 @@ class OpenGymInterface:
                 wait_ms = max(1, round(min(self.timeout_s, CLOSE_REPLY_TIMEOUT_S) * 1000))
                 sock.setsockopt(zmq.RCVTIMEO, wait_ms)
                 sock.setsockopt(zmq.SNDTIMEO, wait_ms)
+                if self._awaiting_reply:
+                    self._awaiting_reply = False
+                    sock.recv()  # the interrupted exchange's reply: then the socket may send again
                 sock.send(data)
                 sock.recv()
         except zmq.ZMQError as exc:
@@ -209,8 +214,8 @@ class OpenGymInterface:
             self._drop_socket()
             raise ControlPointError(f"wire error for {self._where()} waiting for {expected}: {exc}") from exc
         except BaseException:
-            # Interrupted mid-exchange (a stop signal): a REQ socket that owes a receive cannot send again.
-            self._drop_socket()
+            # Interrupted mid-exchange (a stop signal): the reply is received in close(), before the final state.
+            self._awaiting_reply = True
             raise
 
     def _drop_socket(self) -> None:
