@@ -64,11 +64,13 @@ class LlmPolicy:
         device: str = "auto",
         dtype: str = "auto",
         deadline_ms: float | None = None,
-        fallback: str | None = None,
+        fallback: Policy | None = None,
         n_actions: int | None = None,
     ):
-        from agents.registry import make_policy
         from llm.inference import LlmDecider
+
+        if fallback is None:
+            raise ValueError("the llm policy needs a fallback policy (agents.registry builds it from fallback=NAME)")
 
         self.control = control
         checkpoint = checkpoint or os.environ.get("TESTBED_LLM_CHECKPOINT")
@@ -84,7 +86,7 @@ class LlmPolicy:
             self.decider = LlmDecider.untrained(control, _backbone_dir(backbone), n, obs_fields=fields,
                                                 device=device, dtype=dtype)
         self.deadline_s = None if deadline_ms in (None, "", "none") else float(deadline_ms) / 1e3
-        self.fallback: Policy = make_policy(control, fallback or DEFAULT_FALLBACK[control])
+        self.fallback: Policy = fallback
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm") if self.deadline_s else None
         self._pending: Future | None = None
         self._reward = 0.0

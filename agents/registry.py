@@ -30,12 +30,16 @@ def _lazy(module: str, attribute: str) -> PolicyFactory:
 
 
 def _llm(control: str) -> PolicyFactory:
-    """The LLM agent for ``control``; torch and transformers load only when it is asked for."""
+    """The LLM agent for ``control``; torch and transformers load only when it is asked for.
+
+    Its fallback policy (``fallback=NAME``) is built here, so the LLM agent needs no registry of its own.
+    """
 
     def factory(**kwargs: Any) -> Policy:
-        from agents.llm_agent import LlmPolicy
+        from agents.llm_agent import DEFAULT_FALLBACK, LlmPolicy
 
-        return LlmPolicy(control, **kwargs)
+        fallback = make_policy(control, kwargs.pop("fallback", None) or DEFAULT_FALLBACK[control])
+        return LlmPolicy(control, fallback=fallback, **kwargs)
 
     factory.__name__ = f"make_llm_{control}"
     return factory

@@ -48,7 +48,7 @@ from emulation.video import (
     load_manifest,
     load_trace_set,
 )
-from emulation.video.session import VIDEO_COLUMNS
+from emulation.video.session import VIDEO_COLUMNS, check_quality
 
 RTT_S = 0.08
 BUFFER_CAP_S = 60.0
@@ -59,6 +59,13 @@ CONTROL_POINT = "abr-0"
 
 #: Policies by the name the CLI and reports use.
 POLICIES: dict[str, Callable[[], AbrPolicy]] = {"bba": BBA, "rate": RateBased, "mpc": RobustMPC, "bola": BolaE}
+#: RobustMPC as Pensieve's and NetLLM's code runs it (sizes of chunks k+1..k+5), for comparing with their numbers.
+PUBLISHED_MPC = "mpc-published"
+
+
+def published_mpc(manifest: VideoManifest) -> Callable[[], AbrPolicy]:
+    """The published RobustMPC variant, given the whole video (it plans with sizes beyond an observation's)."""
+    return lambda: RobustMPC(chunk_offset=1, chunk_bytes=manifest.chunk_bytes)
 
 
 
@@ -156,7 +163,7 @@ def run_session(
             started = time.perf_counter()
             quality = policy.act(obs)
             decision_ms = (time.perf_counter() - started) * 1e3
-            quality = _check_quality(policy, quality, manifest.n_levels, chunk)
+            quality = check_quality(f"policy {policy.name}", quality, manifest.n_levels, chunk)
             decision_rows.append(
                 _decision_row(policy, chunk - 1, clock_s, obs, [quality], reward, decision_ms, False, trace, chunk)
             )
@@ -218,14 +225,6 @@ def run_session(
     )
     video = pd.DataFrame(video_rows, columns=VIDEO_COLUMNS)
     return SessionResult(video, pd.DataFrame(decision_rows, columns=DECISIONS_SCHEMA.names))
-
-
-def _check_quality(policy: AbrPolicy, quality: object, n_levels: int, chunk: int) -> int:
-    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 0 <= quality < n_levels:
-        raise ValueError(
-            f"policy {policy.name} chose quality {quality!r} for chunk {chunk}; need an int in [0, {n_levels})"
-        )
-    return int(quality)
 
 
 def _decision_row(
@@ -378,7 +377,8 @@ def summarize(evaluation: pd.DataFrame) -> pd.DataFrame:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m testbed.chunksim", description=__doc__.split("\n")[0])
     parser.add_argument("--policy", default="bba,rate,mpc,bola",
-                        help=f"comma-separated, from {sorted(POLICIES)} or any ABR policy of agents.registry (llm)")
+                        help=f"comma-separated, from {sorted(POLICIES)}, {PUBLISHED_MPC} (RobustMPC with the "
+                        "published off-by-one: chunk sizes k+1..k+5) or any ABR policy of agents.registry (llm)")
     parser.add_argument("--traces", type=Path, help="trace file or directory (default: the shipped FCC traces)")
     parser.add_argument("--limit", type=int, help="use only the first N traces (sorted by name)")
     parser.add_argument("--manifest", type=Path, help="video_size_* directory (default: the shipped video1)")
@@ -389,16 +389,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agents.registry import make_policy, policy_names
 
     names = [n.strip() for n in args.policy.split(",") if n.strip()]
-    unknown = [n for n in names if n not in POLICIES and n not in policy_names("abr")]
+    known = set(POLICIES) | {PUBLISHED_MPC} | set(policy_names("abr"))
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
-        parser.error(f"unknown policy {unknown}; choose from {sorted(set(POLICIES) | set(policy_names('abr')))}")
-    factories = {n: POLICIES.get(n) or (lambda n=n: make_policy("abr", n)) for n in names}
+        parser.error(f"unknown policy {unknown}; choose from {sorted(known)}")
     if args.decisions and args.out is None:
         parser.error("--decisions needs --out")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be >= 1")
     traces = load_trace_set(args.traces, args.limit) if args.traces else default_traces()[: args.limit]
     manifest = load_manifest(args.manifest) if args.manifest else default_manifest()
+    factories = {n: published_mpc(manifest) if n == PUBLISHED_MPC else POLICIES.get(n)
+                 or (lambda n=n: make_policy("abr", n)) for n in names}
 
     evaluation = evaluate(factories, traces, manifest, args.out, args.decisions)
     if args.out is not None:

@@ -6,6 +6,18 @@ a throughput prediction discounted by recent prediction errors, and applies
 the first step of the best plan. All ``levels ** horizon`` plans are scored at
 once as numpy arrays (7776 plans x 5 steps for the standard ladder), which
 keeps a decision well under a millisecond.
+
+Ties are broken deterministically: plans whose score is within
+:data:`TIE_TOLERANCE` (relative) of the best are equal, and the last of them
+in :func:`all_plans` (lexicographic) order wins, i.e. the highest quality for
+the next chunk, then the highest after it, as the ``>=`` in Pensieve's plan
+loop does in exact arithmetic. (An ``argmax`` over float sums lets rounding
+pick among equal plans, which moved mean QoE on a 310-trace set by 0.03.)
+
+``chunk_offset=1`` gives the published variant of Pensieve's and NetLLM's
+code, which plans the qualities of chunks k..k+4 with the sizes of chunks
+k+1..k+5 (an off-by-one); the default plans with the sizes of the chunks it
+chooses for. Use it to compare with numbers from those papers.
 """
 
 from __future__ import annotations
@@ -16,11 +28,21 @@ from agents.abr.base import check_positive_int, harmonic_mean, recent_throughput
 from agents.protocol.control_points import ABR_HORIZON, AbrObservation
 from agents.protocol.qoe import QOE_LIN_REBUFFER_PENALTY, SMOOTHNESS_PENALTY
 
+#: Relative score difference below which two plans tie (float sums of equal plans differ in the last bits).
+TIE_TOLERANCE = 1e-9
+
 
 def all_plans(n_levels: int, horizon: int) -> np.ndarray:
-    """Every quality sequence of length ``horizon``: int array ``[n_levels ** horizon, horizon]``."""
+    """Every quality sequence of length ``horizon`` in lexicographic order: int array ``[n_levels ** horizon,
+    horizon]``, row 0 all lowest quality."""
     grids = np.indices((n_levels,) * horizon)
     return grids.reshape(horizon, -1).T.copy()
+
+
+def best_plan_index(scores: np.ndarray) -> int:
+    """Index of the best plan; ties (within :data:`TIE_TOLERANCE`) go to the last in :func:`all_plans` order."""
+    best = float(np.max(scores))
+    return int(np.flatnonzero(scores >= best - TIE_TOLERANCE * max(1.0, abs(best)))[-1])
 
 
 class RobustMPC:
@@ -34,6 +56,12 @@ class RobustMPC:
     request RTT, which makes it a little conservative. Near the end of the
     video the horizon shrinks to the chunks left. Before any throughput has
     been measured it keeps ``obs.last_quality``.
+
+    ``chunk_offset`` (0, or 1 for the published variant) shifts the chunk
+    whose sizes each plan step uses. An observation carries the sizes of
+    chunks k..k+4, so with offset 1 the horizon is 4 unless ``chunk_bytes``
+    (the whole video, ``[levels, chunks]``, as the chunk-level simulator has
+    it) gives the sizes of any chunk; past the end of the video a size is 0.
     """
 
     name = "mpc"
@@ -45,8 +73,17 @@ class RobustMPC:
         window: int = 5,
         rebuffer_penalty: float = QOE_LIN_REBUFFER_PENALTY,
         smoothness_penalty: float = SMOOTHNESS_PENALTY,
+        chunk_offset: int = 0,
+        chunk_bytes: np.ndarray | None = None,
     ) -> None:
         self.horizon = check_positive_int("horizon", horizon)
+        if chunk_offset not in (0, 1):
+            raise ValueError(f"chunk_offset must be 0 (plan with the chosen chunks' sizes) or 1 (the published "
+                             f"Pensieve/NetLLM variant), got {chunk_offset}")
+        self.chunk_offset = int(chunk_offset)
+        self.chunk_bytes = None if chunk_bytes is None else np.asarray(chunk_bytes, dtype=np.float64)
+        if self.chunk_bytes is not None and self.chunk_bytes.ndim != 2:
+            raise ValueError(f"chunk_bytes must be [levels, chunks], got shape {self.chunk_bytes.shape}")
         if self.horizon > ABR_HORIZON:
             raise ValueError(
                 f"horizon must be <= {ABR_HORIZON} (the chunk sizes an observation carries), got {horizon}"
@@ -91,9 +128,11 @@ class RobustMPC:
         horizon = min(self.horizon, obs.chunks_left)
         if horizon < 1:
             raise ValueError(f"no chunk left to choose for: chunk_index {obs.chunk_index} of {obs.chunks_total}")
+        if self.chunk_bytes is None:
+            horizon = min(horizon, ABR_HORIZON - self.chunk_offset)
         plans = self._plans_for(obs.n_levels, horizon)
         rates_mbps = np.asarray(obs.bitrates_bps, dtype=np.float64) / 1e6
-        sizes_bytes = np.asarray(obs.future_chunk_bytes, dtype=np.float64)[:horizon]
+        sizes_bytes = self._plan_sizes(obs, horizon)
         download_s = sizes_bytes[np.arange(horizon), plans] * 8.0 / throughput_bps
 
         buffer_s = np.full(plans.shape[0], float(obs.buffer_s))
@@ -108,12 +147,26 @@ class RobustMPC:
         scores = plan_mbps.sum(axis=1) - self.rebuffer_penalty * rebuffer_s - self.smoothness_penalty * switches_mbps
         return plans, scores
 
+    def _plan_sizes(self, obs: AbrObservation, horizon: int) -> np.ndarray:
+        """Chunk sizes ``[step, level]`` the plan steps use: chunk k + offset + step."""
+        first = self.chunk_offset
+        if self.chunk_bytes is None:
+            return np.asarray(obs.future_chunk_bytes, dtype=np.float64)[first:first + horizon]
+        table = self.chunk_bytes
+        if table.shape[0] != obs.n_levels:
+            raise ValueError(f"chunk_bytes has {table.shape[0]} levels, the observation {obs.n_levels}")
+        index = obs.chunk_index + first + np.arange(horizon)
+        sizes = np.zeros((horizon, obs.n_levels))
+        inside = index < table.shape[1]
+        sizes[inside] = table[:, index[inside]].T
+        return sizes
+
     def act(self, obs: AbrObservation) -> int:
         throughput_bps = self.predict_throughput_bps(obs)
         if throughput_bps is None:
             return obs.last_quality
         plans, scores = self.plan_scores(obs, throughput_bps)
-        return int(plans[int(np.argmax(scores)), 0])
+        return int(plans[best_plan_index(scores), 0])
 
     def _plans_for(self, n_levels: int, horizon: int) -> np.ndarray:
         key = (n_levels, horizon)

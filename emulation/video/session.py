@@ -64,11 +64,14 @@ def manifest_for_config(client: VideoClientConfig) -> VideoManifest:
     )
 
 
-def check_quality(client: str, quality: object, n_levels: int, chunk: int) -> int:
-    """``quality`` as an int index, or a ValueError naming the client and chunk."""
+def check_quality(who: str, quality: object, n_levels: int, chunk: int) -> int:
+    """``quality`` as an int index, or a ValueError naming ``who`` decided (a client, a policy) and the chunk.
+
+    Both simulators (packet level here, chunk level in ``testbed.chunksim``) check every decision with it.
+    """
     if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 0 <= quality < n_levels:
         raise ValueError(
-            f"video client '{client}': the decision for chunk {chunk} returned {quality!r}; "
+            f"{who}: the decision for chunk {chunk} returned {quality!r}; "
             f"need an int quality index in [0, {n_levels})"
         )
     return int(quality)
@@ -203,7 +206,8 @@ class VideoComponent:
         name = session.config.name
         obs = self.observe(name)
         self.last_observation[name] = obs
-        return check_quality(name, session.decide(obs), session.manifest.n_levels, obs.chunk_index)
+        return check_quality(f"video client '{name}'", session.decide(obs), session.manifest.n_levels,
+                             obs.chunk_index)
 
     def finish(self, sim) -> None:
         frames, summaries = [], {}

@@ -111,7 +111,7 @@ def test_policy_sees_the_client_observation():
 
 
 def test_bad_quality_is_reported():
-    with pytest.raises(ValueError, match="fixed-9 chose quality 9 for chunk 1"):
+    with pytest.raises(ValueError, match="policy fixed-9: the decision for chunk 1 returned 9"):
         simulate_session(Fixed(9), constant_trace(3.0), FLAT_VIDEO)
 
 
