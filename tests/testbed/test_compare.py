@@ -108,6 +108,7 @@ def _run_processes(marker: str) -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_run_process(tmp_path):
     out = tmp_path / "cmp"
     cmd = [sys.executable, "-m", "testbed", "compare", "l4s-coexistence", "--policies", "aqm=pi2", "--seeds", "1..3",
@@ -134,6 +135,7 @@ def test_ctrl_c_stops_every_run_process(tmp_path):
     assert len(plan(specs).to_run) == 3  # interrupted and never-started runs both run on resume
 
 
+@pytest.mark.slow
 def test_ray_backend_on_a_local_instance(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray", reason="the ray backend needs the cluster extra")
     monkeypatch.setenv("TESTBED_LLM_BACKBONE", "tiny")  # takes the path that forwards agent settings to tasks

@@ -48,6 +48,7 @@ def _finish(proc: subprocess.Popen, result: Path) -> dict:
     return json.loads(result.read_text())
 
 
+@pytest.mark.slow
 def test_external_aqm_and_abr_agents_drive_the_run(tmp_path, capsys):
     aqm_port, abr_port = free_port(), free_port()
     proc, result = _start_agent(tmp_path, f"aqm:{aqm_port}:0.01", f"abr:{abr_port}:2")
@@ -71,6 +72,7 @@ def test_external_aqm_and_abr_agents_drive_the_run(tmp_path, capsys):
     assert out.parent.joinpath("run").is_dir() and not (out / "agents").exists()  # nothing started, nothing logged
 
 
+@pytest.mark.slow
 def test_stop_sim_req_ends_the_run_cleanly(tmp_path):
     port = free_port()
     proc, result = _start_agent(tmp_path, f"aqm:{port}:0.01:stop=20")
@@ -85,6 +87,7 @@ def test_stop_sim_req_ends_the_run_cleanly(tmp_path):
     assert read_json(out / "status.json")["state"] == "ok"
 
 
+@pytest.mark.slow
 def test_a_failed_run_tells_every_agent_why(tmp_path):
     aqm_port, abr_port = free_port(), free_port()
     # The ABR agent answers quality 9 of a 6-level ladder: the run fails; the AQM agent must hear why.

@@ -17,6 +17,9 @@ import pytest
 from emulation.rundir import read_json
 from testbed import lifecycle
 
+#: Each test runs the testbed as a user would and kills something in it: real processes, tens of seconds.
+slow = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
@@ -66,6 +69,7 @@ def test_sighup_and_sigterm_stop_the_testbed_as_ctrl_c_does():
     assert arrived == [signal.SIGINT]
 
 
+@slow
 def test_sigterm_ends_a_run_cleanly_and_a_second_signal_cannot_cut_the_cleanup(tmp_path):
     signals = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
     out = tmp_path / "run"
@@ -99,6 +103,7 @@ def test_sigterm_ends_a_run_cleanly_and_a_second_signal_cannot_cut_the_cleanup(t
     assert again.returncode == 2 and "already holds a run" in again.stderr and "--overwrite" in again.stderr
 
 
+@slow
 def test_kill_9_of_the_testbed_leaves_no_process_and_an_interrupted_status(tmp_path):
     out = tmp_path / "run"
     proc = _start(out, "--aqm", "pi2", "--duration", "60")
@@ -116,6 +121,7 @@ def test_kill_9_of_the_testbed_leaves_no_process_and_an_interrupted_status(tmp_p
     assert pd.read_parquet(out / "queue.parquet")["time_s"].max() > 0.1
 
 
+@slow
 def test_a_killed_agent_keeps_the_simulations_tables_and_no_temp_file(tmp_path):
     out = tmp_path / "run"
     proc = _start(out, "--aqm", "pi2", "--duration", "60")
@@ -136,6 +142,7 @@ def test_a_killed_agent_keeps_the_simulations_tables_and_no_temp_file(tmp_path):
     _no_children_within(out, 5)
 
 
+@slow
 def test_a_killed_simulation_is_reported_with_its_log(tmp_path):
     out = tmp_path / "run"
     proc = _start(out, "--aqm", "pi2", "--duration", "60")
@@ -154,6 +161,7 @@ def test_a_killed_simulation_is_reported_with_its_log(tmp_path):
     _no_children_within(out, 15)
 
 
+@slow
 def test_the_simulation_keeps_its_own_wall_clock_limit(tmp_path):
     out = tmp_path / "run"
     proc = _start(out, "--duration", "600", "--timeout", "9")
