@@ -109,7 +109,8 @@ def _run_processes(marker: str) -> list[psutil.Process]:
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_every_run_process(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_stops_every_run_process(tmp_path, sig):
     out = tmp_path / "cmp"
     cmd = [sys.executable, "-m", "testbed", "compare", "l4s-coexistence", "--policies", "aqm=pi2", "--seeds", "1..3",
            "--duration", "30", "--jobs", "2", "--out", str(out)]
@@ -121,12 +122,12 @@ def test_ctrl_c_stops_every_run_process(tmp_path):
         while len(_run_processes(str(out))) < 4 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
         assert len(_run_processes(str(out))) == 4, "two simulations with their agents should be running"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         output, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, output
+    assert proc.returncode == 128 + sig, output
     psutil.wait_procs(_run_processes(str(out)), timeout=5)
     assert _run_processes(str(out)) == []
     started = [read_json(p) for p in out.rglob("status.json")]
