@@ -59,13 +59,14 @@ CONTROL_POINT = "abr-0"
 
 #: Policies by the name the CLI and reports use.
 POLICIES: dict[str, Callable[[], AbrPolicy]] = {"bba": BBA, "rate": RateBased, "mpc": RobustMPC, "bola": BolaE}
-#: RobustMPC as Pensieve's and NetLLM's code runs it (sizes of chunks k+1..k+5), for comparing with their numbers.
+#: RobustMPC as Pensieve's and NetLLM's code runs it (sizes of chunks k+1..k+5, ties to the last plan), for
+#: comparing with their numbers.
 PUBLISHED_MPC = "mpc-published"
 
 
 def published_mpc(manifest: VideoManifest) -> Callable[[], AbrPolicy]:
     """The published RobustMPC variant, given the whole video (it plans with sizes beyond an observation's)."""
-    return lambda: RobustMPC(chunk_offset=1, chunk_bytes=manifest.chunk_bytes)
+    return lambda: RobustMPC(published=True, chunk_bytes=manifest.chunk_bytes)
 
 
 

@@ -8,16 +8,16 @@ once as numpy arrays (7776 plans x 5 steps for the standard ladder), which
 keeps a decision well under a millisecond.
 
 Ties are broken deterministically: plans whose score is within
-:data:`TIE_TOLERANCE` (relative) of the best are equal, and the last of them
-in :func:`all_plans` (lexicographic) order wins, i.e. the highest quality for
-the next chunk, then the highest after it, as the ``>=`` in Pensieve's plan
-loop does in exact arithmetic. (An ``argmax`` over float sums lets rounding
-pick among equal plans, which moved mean QoE on a 310-trace set by 0.03.)
+:data:`TIE_TOLERANCE` (relative) of the best are equal, and the first of them
+in :func:`all_plans` (lexicographic) order wins: the lowest quality for the
+next chunk, then the lowest after it. (An ``argmax`` over float sums lets
+rounding pick among equal plans, which moved mean QoE on a 310-trace set by
+0.03.)
 
-``chunk_offset=1`` gives the published variant of Pensieve's and NetLLM's
-code, which plans the qualities of chunks k..k+4 with the sizes of chunks
-k+1..k+5 (an off-by-one); the default plans with the sizes of the chunks it
-chooses for. Use it to compare with numbers from those papers.
+``published=True`` runs RobustMPC as Pensieve's and NetLLM's code does, to
+compare with numbers from those papers: it plans the qualities of chunks
+k..k+4 with the sizes of chunks k+1..k+5 (an off-by-one), and its plan loop's
+``>=`` gives a tie to the last plan in that order (the highest qualities).
 """
 
 from __future__ import annotations
@@ -39,10 +39,12 @@ def all_plans(n_levels: int, horizon: int) -> np.ndarray:
     return grids.reshape(horizon, -1).T.copy()
 
 
-def best_plan_index(scores: np.ndarray) -> int:
-    """Index of the best plan; ties (within :data:`TIE_TOLERANCE`) go to the last in :func:`all_plans` order."""
+def best_plan_index(scores: np.ndarray, last: bool = False) -> int:
+    """Index of the best plan; ties (within :data:`TIE_TOLERANCE`) go to the first in :func:`all_plans` order,
+    or to the last with ``last`` (Pensieve's ``>=``)."""
     best = float(np.max(scores))
-    return int(np.flatnonzero(scores >= best - TIE_TOLERANCE * max(1.0, abs(best)))[-1])
+    tied = np.flatnonzero(scores >= best - TIE_TOLERANCE * max(1.0, abs(best)))
+    return int(tied[-1] if last else tied[0])
 
 
 class RobustMPC:
@@ -57,11 +59,11 @@ class RobustMPC:
     video the horizon shrinks to the chunks left. Before any throughput has
     been measured it keeps ``obs.last_quality``.
 
-    ``chunk_offset`` (0, or 1 for the published variant) shifts the chunk
-    whose sizes each plan step uses. An observation carries the sizes of
-    chunks k..k+4, so with offset 1 the horizon is 4 unless ``chunk_bytes``
-    (the whole video, ``[levels, chunks]``, as the chunk-level simulator has
-    it) gives the sizes of any chunk; past the end of the video a size is 0.
+    ``published`` selects the variant of the module docstring. An observation
+    carries the sizes of chunks k..k+4, so the published variant looks 4
+    chunks ahead unless ``chunk_bytes`` (the whole video, ``[levels,
+    chunks]``, as the chunk-level simulator has it) gives the sizes of any
+    chunk; past the video's last chunk it uses that chunk's sizes.
     """
 
     name = "mpc"
@@ -73,14 +75,13 @@ class RobustMPC:
         window: int = 5,
         rebuffer_penalty: float = QOE_LIN_REBUFFER_PENALTY,
         smoothness_penalty: float = SMOOTHNESS_PENALTY,
-        chunk_offset: int = 0,
+        published: bool = False,
         chunk_bytes: np.ndarray | None = None,
     ) -> None:
         self.horizon = check_positive_int("horizon", horizon)
-        if chunk_offset not in (0, 1):
-            raise ValueError(f"chunk_offset must be 0 (plan with the chosen chunks' sizes) or 1 (the published "
-                             f"Pensieve/NetLLM variant), got {chunk_offset}")
-        self.chunk_offset = int(chunk_offset)
+        self.published = bool(published)
+        #: the chunk whose sizes plan step 0 uses, relative to the chunk being chosen
+        self.chunk_offset = 1 if self.published else 0
         self.chunk_bytes = None if chunk_bytes is None else np.asarray(chunk_bytes, dtype=np.float64)
         if self.chunk_bytes is not None and self.chunk_bytes.ndim != 2:
             raise ValueError(f"chunk_bytes must be [levels, chunks], got shape {self.chunk_bytes.shape}")
@@ -148,25 +149,24 @@ class RobustMPC:
         return plans, scores
 
     def _plan_sizes(self, obs: AbrObservation, horizon: int) -> np.ndarray:
-        """Chunk sizes ``[step, level]`` the plan steps use: chunk k + offset + step."""
+        """Chunk sizes ``[step, level]`` the plan steps use: chunk k + offset + step, and past the video's last
+        chunk that chunk's sizes (Pensieve's video1 files hold one size line more than the video plays)."""
         first = self.chunk_offset
         if self.chunk_bytes is None:
-            return np.asarray(obs.future_chunk_bytes, dtype=np.float64)[first:first + horizon]
+            rows = np.minimum(first + np.arange(horizon), obs.chunks_left - 1)
+            return np.asarray(obs.future_chunk_bytes, dtype=np.float64)[rows]
         table = self.chunk_bytes
         if table.shape[0] != obs.n_levels:
             raise ValueError(f"chunk_bytes has {table.shape[0]} levels, the observation {obs.n_levels}")
-        index = obs.chunk_index + first + np.arange(horizon)
-        sizes = np.zeros((horizon, obs.n_levels))
-        inside = index < table.shape[1]
-        sizes[inside] = table[:, index[inside]].T
-        return sizes
+        index = np.minimum(obs.chunk_index + first + np.arange(horizon), table.shape[1] - 1)
+        return table[:, index].T
 
     def act(self, obs: AbrObservation) -> int:
         throughput_bps = self.predict_throughput_bps(obs)
         if throughput_bps is None:
             return obs.last_quality
         plans, scores = self.plan_scores(obs, throughput_bps)
-        return int(plans[best_plan_index(scores), 0])
+        return int(plans[best_plan_index(scores, last=self.published), 0])
 
     def _plans_for(self, n_levels: int, horizon: int) -> np.ndarray:
         key = (n_levels, horizon)
