@@ -144,27 +144,34 @@ def _seed(ns, seed: int) -> None:
     ns.RngSeedManager.SetRun(seed)
 
 
+@dataclass
+class _StopSignals:
+    """What a stop signal does in each phase of a run: while it is built, raise :class:`RunInterrupted`;
+    once ``sim`` runs, fail it (raising only inside a guarded callback, where the guard catches it, so that
+    a wait on an agent ends too); once ``deferring`` (the tables are being written), only count."""
+
+    sim: Simulation | None = None
+    deferring: bool = False
+    received: list[int] = field(default_factory=list)
+
+    def handle(self, signum: int, _frame: object) -> None:
+        self.received.append(signum)
+        if self.deferring:
+            return
+        exc = RunInterrupted(f"stopped by {signal.Signals(signum).name}")
+        if self.sim is None or self.sim._guard_depth > 0:
+            raise exc
+        self.sim.fail(exc)  # between callbacks (e.g. entering one): the simulator stops after this event
+
+
 @contextmanager
-def _stop_on_signals() -> Iterator[dict]:
-    """Stop signals end the run: while it is built they raise :class:`RunInterrupted`; once ``state["sim"]``
-    runs they fail it (raising only inside a guarded callback, where the guard catches it, so that a wait on an
-    agent ends too); once ``state["deferring"]`` is set (the tables are being written) they only count."""
-    state: dict = {"sim": None, "deferring": False, "received": []}
+def _stop_on_signals() -> Iterator[_StopSignals]:
+    """Install :class:`_StopSignals` for the stop signals (main thread only; signals reach no other)."""
+    state = _StopSignals()
     if threading.current_thread() is not threading.main_thread():
         yield state
         return
-
-    def handler(signum: int, _frame: object) -> None:
-        state["received"].append(signum)
-        if state["deferring"]:
-            return
-        exc = RunInterrupted(f"stopped by {signal.Signals(signum).name}")
-        sim = state["sim"]
-        if sim is None or sim._guard_depth > 0:
-            raise exc
-        sim.fail(exc)  # between callbacks (e.g. entering one): the simulator stops after this event
-
-    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, state.handle) for sig in STOP_SIGNALS}
     try:
         yield state
     finally:
@@ -180,11 +187,15 @@ def run_simulation(config: SimulationConfig, out_dir: Path, components: list | N
     after writing what was gathered so far. ``wall_limit_s`` counts from this call.
     """
     with _stop_on_signals() as signals:
-        return _run(config, Path(out_dir), list(components or []), wall_limit_s, signals)
+        try:
+            return _run(config, Path(out_dir), list(components or []), wall_limit_s, signals)
+        except RunInterrupted:
+            # Raised inside a call into C++ (cppyy prefixes every frame it crossed): say only what happened.
+            raise RunInterrupted(f"stopped by {signal.Signals(signals.received[0]).name}") from None
 
 
 def _run(config: SimulationConfig, out_dir: Path, components: list, wall_limit_s: float | None,
-         signals: dict) -> dict:
+         signals: _StopSignals) -> dict:
     wall_deadline = None if wall_limit_s is None else time.monotonic() + wall_limit_s
     out_dir.mkdir(parents=True, exist_ok=True)
     ns = load_native()
@@ -221,14 +232,14 @@ def _run(config: SimulationConfig, out_dir: Path, components: list, wall_limit_s
     sim.schedule(DRAIN_INTERVAL_S, drain)
     sim.schedule(GUARD_INTERVAL_S, check_wall_clock)
     ns.Simulator.Stop(ns.Seconds(config.duration_s))
-    signals["sim"] = sim
+    signals.sim = sim
     wall_start = time.perf_counter()
     error: BaseException | None = None
     try:
         ns.Simulator.Run()
     except BaseException as exc:  # an error escaped a guard (e.g. a signal inside it): save what we have
         error = exc
-    signals["deferring"] = True  # from here on the tables are written, whatever arrives
+    signals.deferring = True  # from here on the tables are written, whatever arrives
     if error is not None and sim.error is None:
         sim.error = error  # components closing their agents' episodes say why
     error = sim.error

@@ -45,7 +45,7 @@ class AgentSpec:
     control_point: str
     port: int
     shadows: tuple[str, ...] = ()
-    host: str = "127.0.0.1"
+    host: str = LOOPBACK
     #: keyword arguments of the acting policy (``--policy-arg KEY=VALUE``)
     policy_args: tuple[tuple[str, str], ...] = ()
     #: longest wait for the simulation's first message (covers the simulation's start-up)
@@ -73,10 +73,6 @@ class ExternalAgent:
 
     host: str
     port: int
-
-    @property
-    def endpoint(self) -> str:
-        return f"tcp://{self.host}:{self.port}"
 
 
 def parse_agent(text: str | None, option: str) -> str | ExternalAgent | None:
