@@ -31,6 +31,16 @@ def _policy_arg(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds (a number > 0), got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m agents", description="Agent processes for the testbed.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -40,9 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shadow", action="append", default=[], metavar="NAME",
                    help="shadow policy whose would-be actions are logged (repeatable)")
     p.add_argument("--port", type=int, required=True, help="TCP port to bind (0 picks a free one)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; any other is reachable from other hosts: a warning says so)")
     p.add_argument("--out", default=None, metavar="DIR", help="run directory for decisions.parquet")
-    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds to wait for each message")
+    p.add_argument("--timeout", type=_seconds, default=30.0, metavar="S",
+                   help="seconds to wait for each message during an episode (default 30)")
+    p.add_argument("--connect-timeout", type=_seconds, default=120.0, metavar="S",
+                   help="seconds to wait for a simulation to connect (default 120: covers its start-up)")
     p.add_argument("--episodes", type=int, default=1, help="simulations to serve, one after another")
     p.add_argument("--control-point", default=None, metavar="NAME",
                    help="control point name for the log (default: the control kind)")
@@ -72,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--behind only makes sense with --mode shadow")
         else:
             policy = main_policy
-        env = OpenGymEnv(port=args.port, host=args.host, timeout_s=args.timeout)
+        env = OpenGymEnv(port=args.port, host=args.host, timeout_s=args.timeout, connect_timeout_s=args.connect_timeout)
         _log.info("serving %s policy %s%s on %s", args.control, policy.name,
                   "".join(f" (shadow {s.name})" for s in shadows), env.endpoint)
         result = serve(env, policy, shadows=shadows, out_dir=args.out, episodes=args.episodes,

@@ -12,7 +12,9 @@ instead of a hang.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -28,6 +30,8 @@ import zmq
 from gymnasium import spaces
 
 from agents.protocol import codec
+
+_log = logging.getLogger(__name__)
 
 #: How often a wait checks on a launched simulation process.
 PROCESS_POLL_S = 0.05
@@ -81,13 +85,18 @@ class OpenGymEnv(gym.Env):
     socket already listening.
     """
 
-    def __init__(self, port: int = 5555, host: str = "127.0.0.1", timeout_s: float = 30.0):
-        if timeout_s <= 0:
+    def __init__(self, port: int = 5555, host: str = "127.0.0.1", timeout_s: float = 30.0,
+                 connect_timeout_s: float | None = None):
+        if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if connect_timeout_s is not None and not connect_timeout_s > 0:
+            raise ValueError(f"connect_timeout_s must be > 0, got {connect_timeout_s}")
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be in 0..65535 (0 picks a free one), got {port}")
         self.host = host
         self.timeout_s = float(timeout_s)
+        #: the wait in ``reset`` for a simulation to connect (it covers the simulation's start-up)
+        self.connect_timeout_s = float(connect_timeout_s or timeout_s)
         self.port = int(port)
         self.sim_process_id: int | None = None
         self.last_state: codec.EnvState | None = None
@@ -126,7 +135,7 @@ class OpenGymEnv(gym.Env):
         self._require_open()
         if self._served:
             self._end_connection()
-        init_data = self._recv("a simulation to connect (SimInitMsg)")
+        init_data = self._recv("a simulation to connect (SimInitMsg)", self.connect_timeout_s)
         self._served = True
         try:
             init = codec.parse_sim_init(init_data)
@@ -228,6 +237,10 @@ class OpenGymEnv(gym.Env):
     # ------------------------------------------------------------------ wire
 
     def _bind(self, retry_s: float) -> None:
+        if not is_loopback(self.host):
+            _log.warning("the agent listens on %s, beyond this machine: any host that reaches the port can drive "
+                         "it (the ns3-gym protocol has no authentication); bind 127.0.0.1 unless the simulation "
+                         "runs elsewhere", self.host)
         sock = self._ctx.socket(zmq.REP)
         sock.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
         sock.setsockopt(zmq.SNDTIMEO, max(1, round(self.timeout_s * 1000)))
@@ -262,8 +275,9 @@ class OpenGymEnv(gym.Env):
             slice_s = self.timeout_s if self._process is None else min(self.timeout_s, PROCESS_POLL_S)
             self._socket.setsockopt(zmq.RCVTIMEO, max(1, round(slice_s * 1000)))
 
-    def _recv(self, waiting_for: str) -> bytes:
+    def _recv(self, waiting_for: str, timeout_s: float | None = None) -> bytes:
         sock = self._require_open()
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
         start = time.monotonic()
         while True:
             try:
@@ -275,9 +289,9 @@ class OpenGymEnv(gym.Env):
                 if sock.poll(round(EXIT_GRACE_S * 1000), zmq.POLLIN):
                     return sock.recv()
                 raise SimulationDied(proc.returncode, self._stderr_tail(), waiting_for)
-            if time.monotonic() - start >= self.timeout_s:
+            if time.monotonic() - start >= timeout_s:
                 raise TimeoutError(
-                    f"no message from the simulation at {self.endpoint} within {self.timeout_s:g} s "
+                    f"no message from the simulation at {self.endpoint} within {timeout_s:g} s "
                     f"(waiting for {waiting_for})"
                 )
 
@@ -327,6 +341,16 @@ class OpenGymEnv(gym.Env):
         if self._socket is None:
             raise RuntimeError(f"the Env at {self.endpoint} is closed")
         return self._socket
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

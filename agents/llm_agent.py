@@ -64,11 +64,10 @@ class LlmPolicy:
         device: str = "auto",
         dtype: str = "auto",
         deadline_ms: float | None = None,
-        fallback: str | None = None,
+        fallback: Policy | None = None,
         n_actions: int | None = None,
         decider=None,
     ):
-        from agents.registry import make_policy
         from llm.inference import LlmDecider, load_decider
 
         self.control = control
@@ -87,10 +86,10 @@ class LlmPolicy:
             self.decider = LlmDecider.untrained(control, _backbone_dir(backbone), n, obs_fields=fields,
                                                 device=device, dtype=dtype)
         self.deadline_s = None if deadline_ms in (None, "", "none") else float(deadline_ms) / 1e3
+        if self.deadline_s is not None and fallback is None:
+            raise ValueError("a decision deadline needs a fallback policy (agents.registry builds it from fallback=NAME)")
         # The fallback only acts when a deadline is missed: without a deadline there is none to keep current.
-        self.fallback: Policy | None = (
-            make_policy(control, fallback or DEFAULT_FALLBACK[control]) if self.deadline_s is not None else None
-        )
+        self.fallback: Policy | None = fallback if self.deadline_s is not None else None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm") if self.deadline_s else None
         self._pending: Future | None = None
         self._reward = 0.0

@@ -8,6 +8,7 @@ other policies (the LLM agent) join with :func:`register`.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -29,12 +30,17 @@ def _lazy(module: str, attribute: str) -> PolicyFactory:
 
 
 def _llm(control: str) -> PolicyFactory:
-    """The LLM agent for ``control``; torch and transformers load only when it is asked for."""
+    """The LLM agent for ``control``; torch and transformers load only when it is asked for.
+
+    Its fallback policy (``fallback=NAME``) is built here, so the LLM agent needs no registry of its own.
+    """
 
     def factory(**kwargs: Any) -> Policy:
-        from agents.llm_agent import LlmPolicy
+        from agents.llm_agent import DEFAULT_FALLBACK, LlmPolicy
 
-        return LlmPolicy(control, **kwargs)
+        name = kwargs.pop("fallback", None) or DEFAULT_FALLBACK[control]
+        fallback = make_policy(control, name) if kwargs.get("deadline_ms") not in (None, "", "none") else None
+        return LlmPolicy(control, fallback=fallback, **kwargs)
 
     factory.__name__ = f"make_llm_{control}"
     return factory
@@ -52,8 +58,15 @@ _FACTORIES: dict[str, dict[str, PolicyFactory]] = {
 }
 
 
+#: Policy names become parts of run directory names.
+POLICY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
 def register(control: str, name: str, factory: PolicyFactory, *, replace: bool = False) -> None:
     """Make ``name`` available for ``control``; refuses to shadow an existing name unless ``replace``."""
+    if not POLICY_NAME.fullmatch(name):
+        raise ValueError(f"policy name {name!r}: use letters, digits, '.', '_' and '-', not starting with '.' "
+                         "(it becomes part of a run directory's name)")
     known = _FACTORIES[check_control(control)]
     if name in known and not replace:
         raise ValueError(f"{control} policy {name!r} is already registered (pass replace=True to override)")

@@ -178,6 +178,8 @@ def serve(
                 step += 1
             _log.info("episode %d/%d ended (%s) after %d decisions",
                       episode + 1, episodes, info.get("reason", "game over"), step)
+            if info.get("error"):
+                _log.warning("the simulation ended the episode on an error: %s", info["error"])
     finally:
         if log is not None:
             log.close()

@@ -7,9 +7,25 @@ validates exactly what it runs; ``testbed.scenario`` turns scenario files
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+#: What a name may be made of: names become parts of paths (run directories, agent logs).
+NAME_PATTERN = r"[A-Za-z0-9._-]+"
+
+
+def check_name(value: str) -> str:
+    """A scenario, flow or client name usable as one path part: ``[A-Za-z0-9._-]+``, not ``.`` or ``..``."""
+    import re
+
+    if not re.fullmatch(NAME_PATTERN, value) or set(value) == {"."}:
+        raise ValueError(f"{value!r} is not a valid name: use letters, digits, '.', '_' and '-' "
+                         f"(it becomes part of a path), and not '.' or '..'")
+    return value
+
+
+Name = Annotated[str, AfterValidator(check_name)]
 
 QueueType = Literal["dualpi2", "pie", "fq_codel", "codel", "red", "fifo"]
 
@@ -55,7 +71,7 @@ class BottleneckConfig(_Strict):
 
 
 class FlowConfig(_Strict):
-    name: str = Field(min_length=1)
+    name: Name
     #: l4s: DCTCP marking ECT(1); classic: Cubic/NewReno, ECN optional; udp: constant bit rate
     kind: Literal["l4s", "classic", "udp"]
     cc: Literal["dctcp", "cubic", "newreno"] | None = None
@@ -98,7 +114,7 @@ class FlowConfig(_Strict):
 class VideoClientConfig(_Strict):
     """A packet-level video client streaming from a server behind the bottleneck."""
 
-    name: str = Field(min_length=1)
+    name: Name
     count: int = Field(1, ge=1, le=64)
     #: classic: Cubic (Not-ECT, C queue); l4s: DCTCP with ECT(1) (L queue)
     transport: Literal["classic", "l4s"] = "classic"
@@ -130,12 +146,21 @@ class AqmRewardWeights(_Strict):
     c_target_s: float = Field(0.015, gt=0)
 
 
-class AqmControlConfig(_Strict):
-    """The DualPI2 p' served by an agent over the ns3-gym protocol."""
+class _AgentEndpoint(_Strict):
+    """Where the simulation finds a control point's agent, and how long it waits for it."""
 
     host: str = "127.0.0.1"
     port: int = Field(5555, ge=1, le=65535)
+    #: longest wait for each answer during the run
     timeout_s: float = Field(30.0, gt=0)
+    #: longest wait for the agent's first answer (SimInitAck): covers the agent's start-up (an LLM loading)
+    connect_timeout_s: float = Field(120.0, gt=0)
+    #: the agent is started by someone else at host:port (``testbed run`` starts none for it)
+    external: bool = False
+
+
+class AqmControlConfig(_AgentEndpoint):
+    """The DualPI2 p' served by an agent over the ns3-gym protocol."""
     #: box: p' in [0, 1] (float64); discrete: index into aqm_action_grid(n_actions)
     action: Literal["box", "discrete"] = "box"
     n_actions: int = Field(17, ge=2, le=1024)
@@ -144,12 +169,10 @@ class AqmControlConfig(_Strict):
     reward: AqmRewardWeights = Field(default_factory=AqmRewardWeights)
 
 
-class AbrControlConfig(_Strict):
+class AbrControlConfig(_AgentEndpoint):
     """Video clients' quality choices served by agents: client i uses port + i."""
 
-    host: str = "127.0.0.1"
     port: int = Field(5600, ge=1, le=65535)
-    timeout_s: float = Field(30.0, gt=0)
 
 
 class ControlConfig(_Strict):
@@ -167,7 +190,7 @@ class ProbeConfig(_Strict):
 class SimulationConfig(_Strict):
     """Everything one simulation run needs, fully resolved."""
 
-    name: str = Field(min_length=1)
+    name: Name
     description: str = ""
     seed: int = Field(1, ge=1)
     duration_s: float = Field(20.0, gt=0)
@@ -182,6 +205,8 @@ class SimulationConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> SimulationConfig:
+        if not self.flows and not self.video:
+            raise ValueError("the scenario has no traffic: give at least one entry under flows: or video:")
         names = [f.name for f in self.all_flows()] + [v.name for v in self.all_video()]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -16,7 +16,11 @@ Rewards (documented in docs/run-directory.md and configurable):
   - w_c * max(0, c_sojourn - c_target)/c_target - w_drop * drop_fraction``.
 
 A failure (dead agent, malformed or out-of-space action) is recorded on the
-simulation, which stops and writes what it gathered with the run marked failed.
+simulation (the hooks run under ``Simulation.guard``), which stops and writes
+what it gathered with the run marked failed; an agent's stopSimReq ends the
+run cleanly. Either way every other agent's episode is closed with a final
+state whose ``info`` says why (``error`` or ``ended_by``) and whose reason is
+``GameOver`` for a failure, ``SimulationEnd`` otherwise.
 """
 
 from __future__ import annotations
@@ -25,9 +29,18 @@ import numpy as np
 from gymnasium import spaces
 
 from agents.protocol.control_points import AbrObservation, AqmObservation, aqm_action_grid
-from agents.protocol.qoe import QOE_LIN_REBUFFER_PENALTY
+from agents.protocol.qoe import qoe_lin
 from emulation.config import AbrControlConfig, AqmControlConfig
 from emulation.opengym import ControlPointError, OpenGymInterface
+
+
+def episode_end(sim) -> tuple[str, dict]:
+    """The close reason and ``info`` entries that tell an agent how the run ended."""
+    if sim.error is not None:
+        return "GameOver", {"error": f"{type(sim.error).__name__}: {sim.error}"}
+    if sim.ended_by is not None:
+        return "SimulationEnd", {"ended_by": sim.ended_by}
+    return "SimulationEnd", {}
 
 
 def _round_trip_stats(iface: OpenGymInterface) -> dict:
@@ -54,9 +67,8 @@ class AqmControlPoint:
         self.act_space = (
             spaces.Discrete(config.n_actions) if self.grid is not None else spaces.Box(0.0, 1.0, (1,), np.float64)
         )
-        self.iface = OpenGymInterface(
-            self.name, self.obs_space, self.act_space, config.host, config.port, config.timeout_s
-        )
+        self.iface = OpenGymInterface(self.name, self.obs_space, self.act_space, config.host, config.port,
+                                      config.timeout_s, config.connect_timeout_s)
         self._tick_index = 0
         self._last_obs: AqmObservation | None = None
         self._reward = 0.0
@@ -72,7 +84,7 @@ class AqmControlPoint:
         self._prev = self._snapshot()
         self.iface.connect()
         # C++ holds only a reference: keep the callable alive for the whole run.
-        self._hook = self._tick
+        self._hook = sim.guard(self._tick)
         queue.SetExternalUpdateHook(self._hook)
 
     def _snapshot(self) -> dict:
@@ -124,26 +136,22 @@ class AqmControlPoint:
                 "p_cl": self.queue.GetCoupledProbability(), "p_c": self.queue.GetClassicProbability()}
 
     def _tick(self) -> None:
-        if self.sim.error is not None:
+        self._tick_index += 1
+        if self._tick_index % self.config.every_k:
             return
-        try:
-            self._tick_index += 1
-            if self._tick_index % self.config.every_k:
-                return
-            obs = self._observe()
-            self._last_obs = obs
-            action = self.iface.step(obs.to_vector(), self._reward, self._info(obs))
-            self._reward = self.reward(obs)
-            p_prime = float(self.grid[int(action)]) if self.grid is not None else float(np.asarray(action).ravel()[0])
-            if not self.queue.SetBaseProbability(p_prime):
-                raise ControlPointError(f"control point 'aqm': agent's p'={p_prime!r} is outside [0, 1]")
-        except Exception as exc:
-            self.sim.fail(exc)
+        obs = self._observe()
+        self._last_obs = obs
+        action = self.iface.step(obs.to_vector(), self._reward, self._info(obs))
+        self._reward = self.reward(obs)
+        p_prime = float(self.grid[int(action)]) if self.grid is not None else float(np.asarray(action).ravel()[0])
+        if not self.queue.SetBaseProbability(p_prime):
+            raise ControlPointError(f"control point 'aqm': agent's p'={p_prime!r} is outside [0, 1]")
 
     def finish(self, sim) -> None:
         obs = self._last_obs or self._observe()
+        reason, end_info = episode_end(sim)
         try:
-            self.iface.close(obs.to_vector(), self._reward, self._info(obs))
+            self.iface.close(obs.to_vector(), self._reward, {**self._info(obs), **end_info}, reason)
         finally:
             sim.summary_extra.setdefault("control", {})[self.name] = _round_trip_stats(self.iface)
 
@@ -156,7 +164,8 @@ class AbrControlPoint:
         n_obs = AbrObservation.vector_size(n_levels)
         self.obs_space = spaces.Box(0.0, np.inf, shape=(n_obs,), dtype=np.float64)
         self.act_space = spaces.Discrete(n_levels)
-        self.iface = OpenGymInterface(self.name, self.obs_space, self.act_space, config.host, port, config.timeout_s)
+        self.iface = OpenGymInterface(self.name, self.obs_space, self.act_space, config.host, port, config.timeout_s,
+                                      config.connect_timeout_s)
         self._prev_quality: int | None = None
         self._last: AbrObservation | None = None
         self._step = 0
@@ -165,13 +174,12 @@ class AbrControlPoint:
         self.iface.connect()
 
     def chunk_reward(self, obs: AbrObservation) -> float:
-        """QoE_lin of the chunk just downloaded (0 before the first)."""
+        """QoE_lin of the chunk just downloaded (0 before the first; the first chunk pays no smoothness term)."""
         if obs.chunk_index == 0:
             return 0.0
-        rates_mbps = np.asarray(obs.bitrates_bps) / 1e6
-        last = rates_mbps[obs.last_quality]
-        smooth = 0.0 if self._prev_quality is None else abs(last - rates_mbps[self._prev_quality])
-        return float(last - QOE_LIN_REBUFFER_PENALTY * obs.rebuffer_s - smooth)
+        rates_bps = np.asarray(obs.bitrates_bps, dtype=np.float64)
+        previous_bps = None if self._prev_quality is None else rates_bps[self._prev_quality]
+        return float(qoe_lin([rates_bps[obs.last_quality]], [obs.rebuffer_s], previous_bps)[0])
 
     def decide(self, obs: AbrObservation) -> int:
         reward = self.chunk_reward(obs)
@@ -182,12 +190,12 @@ class AbrControlPoint:
         self._step += 1
         return int(self.iface.step(obs.to_vector(), reward, info))
 
-    def close(self) -> dict:
+    def close(self, reason: str = "SimulationEnd", end_info: dict | None = None) -> dict:
         if self._last is not None:
             final = self._last
-            self.iface.close(final.to_vector(), 0.0, {"chunk": final.chunk_index, "final": True})
+            info = {"chunk": final.chunk_index, "final": True, **(end_info or {})}
+            self.iface.close(final.to_vector(), 0.0, info, reason)
         return _round_trip_stats(self.iface)
-
 
 
 class AbrControlGroup:
@@ -202,5 +210,6 @@ class AbrControlGroup:
 
     def finish(self, sim) -> None:
         stats = sim.summary_extra.setdefault("control", {})
+        reason, end_info = episode_end(sim)
         for point in self.points:
-            stats[point.name] = point.close()
+            stats[point.name] = point.close(reason, end_info)

@@ -42,10 +42,14 @@ def summarise(
     sojourn: pd.DataFrame,
     flows: pd.DataFrame,
     capacity_bits: float,
+    end_s: float | None = None,
 ) -> dict:
-    """Summary of one run; ``capacity_bits`` is what the bottleneck could carry after the warm-up."""
+    """Summary of one run; ``capacity_bits`` is what the bottleneck could carry after the warm-up.
+
+    ``end_s`` is when the run stopped if that was before ``duration_s`` (an agent ended it, or it failed).
+    """
     warmup = config.probes.warmup_s
-    end = config.duration_s
+    end = config.duration_s if end_s is None else min(end_s, config.duration_s)
     window_s = end - warmup
     sj = sojourn[sojourn["time_s"] >= warmup]
     queues = {}
@@ -87,7 +91,7 @@ def summarise(
         "l_c_ratio": mean_l / mean_c if mean_c and not math.isnan(mean_l) and not math.isnan(mean_c) else math.nan,
         "jain_index": jain_index(tcp),
         "utilisation": departed_bits / capacity_bits if capacity_bits > 0 else math.nan,
-        "departed_mbps": departed_bits / window_s / 1e6,
+        "departed_mbps": departed_bits / window_s / 1e6 if window_s > 0 else math.nan,
         "events": events,
         "l_mark_rate": events["l_marks"] / n_l,
         "c_mark_rate": events["c_marks"] / n_c,

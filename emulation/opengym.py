@@ -56,19 +56,26 @@ class OpenGymInterface:
         host: str = "127.0.0.1",
         port: int = 5555,
         timeout_s: float = 30.0,
+        connect_timeout_s: float | None = None,
     ):
-        if timeout_s <= 0:
+        if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if connect_timeout_s is not None and not connect_timeout_s > 0:
+            raise ValueError(f"connect_timeout_s must be > 0, got {connect_timeout_s}")
         self.name = name
         self.obs_space = obs_space
         self.act_space = act_space
         self.host = host
         self.port = int(port)
         self.timeout_s = float(timeout_s)
+        #: the wait for the agent's SimInitAck, which includes the agent's own start-up
+        self.connect_timeout_s = float(connect_timeout_s or timeout_s)
         self._obs_codec = codec.SpaceCodec(obs_space)
         self._act_codec = codec.SpaceCodec(act_space)
         self._socket: zmq.Socket | None = None
         self._stopped = False
+        # An exchange cut short by a stop signal: the agent's reply is still owed before the final state.
+        self._awaiting_reply = False
         self._round_trips_s = array("d")
         # A Discrete action's reply bytes map to one valid action: decode each distinct reply once (hot path).
         self._cache_replies = isinstance(act_space, spaces.Discrete)
@@ -93,15 +100,13 @@ class OpenGymInterface:
         return f"control point '{self.name}' at {self.endpoint}"
 
     def connect(self) -> None:
-        """Connect, announce the spaces and wait for the agent's SimInitAck."""
+        """Connect, announce the spaces and wait for the agent's SimInitAck (up to ``connect_timeout_s``)."""
         if self._socket is not None:
             raise ControlPointError(f"{self._where()} is already connected")
         init = codec.build_sim_init(self.obs_space, self.act_space, sim_process_id=os.getpid(), waf_shell_process_id=0)
         sock = zmq.Context.instance().socket(zmq.REQ)
-        timeout_ms = max(1, round(self.timeout_s * 1000))
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
-        sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
+        self._set_timeouts(sock, self.connect_timeout_s)
         try:
             sock.connect(self.endpoint)
         except zmq.ZMQError as exc:
@@ -109,7 +114,8 @@ class OpenGymInterface:
             raise ControlPointError(f"cannot connect {self._where()}: {exc}") from exc
         self._socket = sock
         self._stopped = False
-        reply = self._exchange(init, "SimInitAck")
+        reply = self._exchange(init, "SimInitAck", self.connect_timeout_s)
+        self._set_timeouts(sock, self.timeout_s)
         try:
             _done, stop = codec.parse_sim_init_ack(reply)
         except codec.ProtocolError as exc:
@@ -171,6 +177,9 @@ class OpenGymInterface:
                 wait_ms = max(1, round(min(self.timeout_s, CLOSE_REPLY_TIMEOUT_S) * 1000))
                 sock.setsockopt(zmq.RCVTIMEO, wait_ms)
                 sock.setsockopt(zmq.SNDTIMEO, wait_ms)
+                if self._awaiting_reply:
+                    self._awaiting_reply = False
+                    sock.recv()  # the interrupted exchange's reply: then the socket may send again
                 sock.send(data)
                 sock.recv()
         except zmq.ZMQError as exc:
@@ -181,7 +190,13 @@ class OpenGymInterface:
         finally:
             self._drop_socket()
 
-    def _exchange(self, data: bytes, expected: str) -> bytes:
+    @staticmethod
+    def _set_timeouts(sock: zmq.Socket, timeout_s: float) -> None:
+        timeout_ms = max(1, round(timeout_s * 1000))
+        sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+        sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
+
+    def _exchange(self, data: bytes, expected: str, timeout_s: float | None = None) -> bytes:
         """Send one request and wait for its reply; any failure closes the (now unusable) REQ socket."""
         sock = self._socket
         if sock is None:
@@ -192,11 +207,16 @@ class OpenGymInterface:
         except zmq.Again as exc:
             self._drop_socket()
             raise ControlPointError(
-                f"no answer from agent for {self._where()} within {self.timeout_s:g} s (waiting for {expected})"
+                f"no answer from agent for {self._where()} within {timeout_s or self.timeout_s:g} s "
+                f"(waiting for {expected})"
             ) from exc
         except zmq.ZMQError as exc:
             self._drop_socket()
             raise ControlPointError(f"wire error for {self._where()} waiting for {expected}: {exc}") from exc
+        except BaseException:
+            # Interrupted mid-exchange (a stop signal): the reply is received in close(), before the final state.
+            self._awaiting_reply = True
+            raise
 
     def _drop_socket(self) -> None:
         if self._socket is not None:

@@ -6,21 +6,35 @@ interface so this file stays the one place that orders a run:
 ``attach(sim)`` before the simulator starts, ``finish(sim)`` after it stops
 (also after a failure, so partial results are saved), returning the tables
 and summary entries they own.
+
+One error policy holds at the C++ boundary: every Python callable handed to
+ns-3 (control-point hooks, the video clients' decision hooks, scheduled
+functions) is wrapped by :meth:`Simulation.guard`, so an exception never
+unwinds through C++; it is recorded with :meth:`Simulation.fail`, the
+simulator stops after the current event, and the run writes what it has.
+An agent's stopSimReq ends the run cleanly instead (:meth:`Simulation.end`),
+as in ns3-gym. A stop signal (SIGTERM, SIGINT, SIGHUP) and the optional
+wall-clock limit stop the run the same way, with the tables written.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import pandas as pd
 
 from emulation.config import SimulationConfig
 from emulation.metrics import summarise
 from emulation.native.build import load_native
+from emulation.opengym import AgentStopped
 from emulation.probes import BottleneckProbe, GoodputProbe
 from emulation.rundir import write_json, write_parquet
 from emulation.topology import Dumbbell, build_dumbbell
@@ -30,6 +44,20 @@ log = logging.getLogger(__name__)
 
 #: Probe buffers are drained to Python this often (simulated), bounding C++ memory.
 DRAIN_INTERVAL_S = 1.0
+#: How often (simulated) the run checks its wall-clock limit; a pending stop signal is acted on then at the latest.
+GUARD_INTERVAL_S = 0.1
+#: Signals that stop a run cleanly (the tables gathered so far are written).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+T = TypeVar("T")
+
+
+class RunInterrupted(Exception):
+    """A stop signal ended the run early."""
+
+
+class WallClockLimit(TimeoutError):
+    """The run took longer than its wall-clock limit."""
 
 
 class Component(Protocol):
@@ -54,12 +82,60 @@ class Simulation:
     capacity_bits_fn: object = None
     #: the first failure of a component inside the event loop; the run stops at once
     error: BaseException | None = None
+    #: why the run ended before its duration without failing (an agent's stopSimReq)
+    ended_by: str | None = None
+    #: guarded wrappers of scheduled functions: C++ holds only references, so they live here
+    _scheduled: dict = field(default_factory=dict)
+    #: how many guarded calls are running (a stop signal may raise only inside one)
+    _guard_depth: int = 0
 
     def fail(self, exc: BaseException) -> None:
         """Record a component's failure and stop the simulator (exceptions must not unwind C++)."""
         if self.error is None:
             self.error = exc
             self.ns.Simulator.Stop()
+
+    def end(self, reason: str) -> None:
+        """End the run cleanly before its duration (an agent asked to stop)."""
+        if self.error is None and self.ended_by is None:
+            self.ended_by = reason
+            self.ns.Simulator.Stop()
+
+    @property
+    def stopping(self) -> bool:
+        return self.error is not None or self.ended_by is not None
+
+    def guard(self, fn: Callable[..., T], fallback: T = None) -> Callable[..., T]:
+        """``fn`` made safe to hand to C++: any exception stops the run (see the module docstring).
+
+        Once the run is stopping, ``fn`` is not called again and ``fallback`` is returned (a hook that
+        must answer C++, such as a video client's quality choice, gets a valid value).
+        """
+
+        def guarded(*args: Any) -> T:
+            if self.stopping:
+                return fallback
+            try:
+                self._guard_depth += 1
+                try:
+                    return fn(*args)
+                finally:
+                    self._guard_depth -= 1
+            except AgentStopped as exc:
+                self.end(str(exc))
+            except BaseException as exc:  # noqa: BLE001 - nothing may unwind through C++
+                self.fail(exc)
+            return fallback
+
+        return guarded
+
+    def schedule(self, delay_s: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` after ``delay_s`` of simulated time, under :meth:`guard` (one wrapper per function, kept
+        alive here, so a function that reschedules itself costs nothing more each time)."""
+        key = id(fn)
+        if key not in self._scheduled:
+            self._scheduled[key] = (fn, self.guard(fn))
+        self.ns.ScheduleFunction(self.ns.Seconds(delay_s), self._scheduled[key][1])
 
 
 def _seed(ns, seed: int) -> None:
@@ -68,16 +144,63 @@ def _seed(ns, seed: int) -> None:
     ns.RngSeedManager.SetRun(seed)
 
 
-def run_simulation(config: SimulationConfig, out_dir: Path, components: list | None = None) -> dict:
+@dataclass
+class _StopSignals:
+    """What a stop signal does in each phase of a run: while it is built, raise :class:`RunInterrupted`;
+    once ``sim`` runs, fail it (raising only inside a guarded callback, where the guard catches it, so that
+    a wait on an agent ends too); once ``deferring`` (the tables are being written), only count."""
+
+    sim: Simulation | None = None
+    deferring: bool = False
+    received: list[int] = field(default_factory=list)
+
+    def handle(self, signum: int, _frame: object) -> None:
+        self.received.append(signum)
+        if self.deferring:
+            return
+        exc = RunInterrupted(f"stopped by {signal.Signals(signum).name}")
+        if self.sim is None or self.sim._guard_depth > 0:
+            raise exc
+        self.sim.fail(exc)  # between callbacks (e.g. entering one): the simulator stops after this event
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[_StopSignals]:
+    """Install :class:`_StopSignals` for the stop signals (main thread only; signals reach no other)."""
+    state = _StopSignals()
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+    previous = {sig: signal.signal(sig, state.handle) for sig in STOP_SIGNALS}
+    try:
+        yield state
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_simulation(config: SimulationConfig, out_dir: Path, components: list | None = None,
+                   wall_limit_s: float | None = None) -> dict:
     """Run ``config`` and write its tables and summary into ``out_dir``; return the summary.
 
-    Raises whatever stopped the run, after writing what was gathered so far.
+    Raises whatever stopped the run (a component's error, :class:`RunInterrupted`, :class:`WallClockLimit`)
+    after writing what was gathered so far. ``wall_limit_s`` counts from this call.
     """
-    out_dir = Path(out_dir)
+    with _stop_on_signals() as signals:
+        try:
+            return _run(config, Path(out_dir), list(components or []), wall_limit_s, signals)
+        except RunInterrupted:
+            # Raised inside a call into C++ (cppyy prefixes every frame it crossed): say only what happened.
+            raise RunInterrupted(f"stopped by {signal.Signals(signals.received[0]).name}") from None
+
+
+def _run(config: SimulationConfig, out_dir: Path, components: list, wall_limit_s: float | None,
+         signals: _StopSignals) -> dict:
+    wall_deadline = None if wall_limit_s is None else time.monotonic() + wall_limit_s
     out_dir.mkdir(parents=True, exist_ok=True)
     ns = load_native()
     _seed(ns, config.seed)
-    sim = Simulation(config=config, out_dir=out_dir, ns=ns, components=list(components or []))
+    sim = Simulation(config=config, out_dir=out_dir, ns=ns, components=components)
     sim.net = build_dumbbell(ns, config)
     if hasattr(sim.net.queue_disc, "AssignStreams"):
         sim.net.queue_disc.AssignStreams(config.seed)
@@ -98,17 +221,28 @@ def run_simulation(config: SimulationConfig, out_dir: Path, components: list | N
 
     def drain() -> None:
         bottleneck.drain()
-        ns.ScheduleFunction(ns.Seconds(DRAIN_INTERVAL_S), drain)
+        sim.schedule(DRAIN_INTERVAL_S, drain)
 
-    ns.ScheduleFunction(ns.Seconds(DRAIN_INTERVAL_S), drain)
+    def check_wall_clock() -> None:
+        if wall_deadline is not None and time.monotonic() > wall_deadline:
+            raise WallClockLimit(f"wall-clock limit of {wall_limit_s:g} s reached at "
+                                 f"{ns.Simulator.Now().GetSeconds():.2f} s of {config.duration_s:g} s simulated")
+        sim.schedule(GUARD_INTERVAL_S, check_wall_clock)
+
+    sim.schedule(DRAIN_INTERVAL_S, drain)
+    sim.schedule(GUARD_INTERVAL_S, check_wall_clock)
     ns.Simulator.Stop(ns.Seconds(config.duration_s))
+    signals.sim = sim
     wall_start = time.perf_counter()
     error: BaseException | None = None
     try:
         ns.Simulator.Run()
-    except BaseException as exc:  # a component failed inside a callback: save what we have
+    except BaseException as exc:  # an error escaped a guard (e.g. a signal inside it): save what we have
         error = exc
-    error = error or sim.error
+    signals.deferring = True  # from here on the tables are written, whatever arrives
+    if error is not None and sim.error is None:
+        sim.error = error  # components closing their agents' episodes say why
+    error = sim.error
     wall_s = time.perf_counter() - wall_start
     for component in sim.components:
         try:
@@ -127,11 +261,14 @@ def run_simulation(config: SimulationConfig, out_dir: Path, components: list | N
     for stem, table in sim.tables.items():
         write_parquet(out_dir / f"{stem}.parquet", table)
     warmup = config.probes.warmup_s
-    summary = summarise(config, queue, sojourn, flows, sim.capacity_bits_fn(warmup, config.duration_s))
+    end_s = config.duration_s if error is None and sim.ended_by is None else min(sim_end_s, config.duration_s)
+    summary = summarise(config, queue, sojourn, flows, sim.capacity_bits_fn(warmup, max(end_s, warmup)), end_s)
     summary.update(sim.summary_extra)
     summary["sim_end_s"] = sim_end_s
     summary["wall_s"] = wall_s
     summary["status"] = "failed" if error is not None else "ok"
+    if sim.ended_by is not None:
+        summary["ended_by"] = sim.ended_by
     write_json(out_dir / "summary.json", summary)
     ns.Simulator.Destroy()
     if error is not None:

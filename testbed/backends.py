@@ -23,9 +23,10 @@ from typing import TextIO
 
 import psutil
 
-from testbed import store
+from testbed import lifecycle, store
 from testbed.grid import RunSpec
-from testbed.runner import run_config
+from testbed.ownership import INTERRUPTED, RunDirBusy, mark_interrupted
+from testbed.runner import run_claimed
 
 BACKENDS = ("local", "ray")
 #: Command-line markers of the processes run_config starts (the simulation and the agents).
@@ -37,7 +38,7 @@ _FORWARDED_ENV_PREFIX = "TESTBED_"
 @dataclass
 class RunOutcome:
     spec: RunSpec
-    status: str  # ok | failed
+    status: str  # ok | failed | busy (another process runs this cell: left alone)
     error: str | None
     wall_s: float
 
@@ -49,14 +50,18 @@ def execute(spec_json: dict, timeout_s: float | None = None, agent_timeout_s: fl
     """
     spec = RunSpec.from_json(spec_json)
     started = time.time()
-    store.prepare(spec)
     try:
-        config, agents = spec.build(agent_timeout_s)
-    except (ValueError, OSError, RuntimeError) as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        store.record_failure(spec, error)
-        return {"status": "failed", "error": error, "wall_s": time.time() - started}
-    result = run_config(config, spec.run_dir, timeout_s=timeout_s, agents=agents)
+        lock = store.prepare(spec)
+    except RunDirBusy as exc:
+        return {"status": "busy", "error": str(exc), "wall_s": 0.0}
+    with lock:
+        try:
+            config, agents = spec.build(agent_timeout_s)
+        except (ValueError, OSError, RuntimeError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            store.record_failure(spec, error)
+            return {"status": "failed", "error": error, "wall_s": time.time() - started}
+        result = run_claimed(config, spec.run_dir, timeout_s, agents, lock.fd)
     return {"status": result.status, "error": result.error, "wall_s": result.wall_s}
 
 
@@ -72,7 +77,7 @@ class Progress:
 
     def finished(self, outcome: RunOutcome) -> None:
         self.done += 1
-        self.failed += outcome.status != "ok"
+        self.failed += outcome.status == "failed"
         elapsed_s = time.time() - self.started
         eta_s = elapsed_s / self.done * (self.total - self.done)
         width = len(str(self.total))
@@ -105,8 +110,9 @@ def _run_processes() -> list[psutil.Process]:
     return found
 
 
-def _kill_run_processes(grace_s: float = 3.0) -> None:
-    """SIGTERM the process groups of running simulations and agents, SIGKILL what is left after ``grace_s``."""
+def _kill_run_processes(grace_s: float = 10.0) -> None:
+    """SIGTERM the process groups of running simulations and agents, SIGKILL what is left after ``grace_s``
+    (a simulation writes its tables when it gets SIGTERM)."""
     procs = _run_processes()
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for proc in procs:
@@ -133,15 +139,16 @@ def run_local(specs: Sequence[RunSpec], jobs: int | None = None, timeout_s: floa
 
     def one(spec: RunSpec) -> RunOutcome:
         if stopping.is_set():
-            return RunOutcome(spec, "failed", store.INTERRUPTED, 0.0)
+            return RunOutcome(spec, "failed", INTERRUPTED, 0.0)
         try:
             outcome = _outcome(spec, execute(spec.to_json(), timeout_s, agent_timeout_s))
         except Exception as exc:  # a bug or a full disk in one run must not end the others unrecorded
             outcome = RunOutcome(spec, "failed", f"{type(exc).__name__}: {exc}", 0.0)
-            store.record_failure(spec, outcome.error)
-        if stopping.is_set():
-            store.mark_interrupted(spec.run_dir)
-            return RunOutcome(spec, "failed", store.INTERRUPTED, outcome.wall_s)
+            if not store.run_state(spec.run_dir) == "busy":
+                store.record_failure(spec, outcome.error)
+        if stopping.is_set() and outcome.status != "busy":
+            mark_interrupted(spec.run_dir)
+            return RunOutcome(spec, "failed", INTERRUPTED, outcome.wall_s)
         return outcome
 
     outcomes: list[RunOutcome] = []
@@ -163,18 +170,13 @@ def run_local(specs: Sequence[RunSpec], jobs: int | None = None, timeout_s: floa
 
 
 def _stop_local(pool: ThreadPoolExecutor, pending: set[Future]) -> None:
-    """Cancel what has not started and kill what has, until no run thread is left."""
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None  # a second Ctrl-C must not orphan
-    try:
+    """Cancel what has not started and kill what has, until no run thread is left (a second signal waits)."""
+    with lifecycle.uninterruptible():
         pool.shutdown(wait=False, cancel_futures=True)
         while any(not f.done() for f in pending):
             _kill_run_processes()
             wait(pending, timeout=0.5)
         _kill_run_processes()
-    finally:
-        if in_main:
-            signal.signal(signal.SIGINT, previous)
 
 
 def run_ray(specs: Sequence[RunSpec], address: str | None = None, timeout_s: float | None = None,

@@ -48,7 +48,7 @@ from emulation.video import (
     load_manifest,
     load_trace_set,
 )
-from emulation.video.session import VIDEO_COLUMNS
+from emulation.video.session import VIDEO_COLUMNS, check_quality
 
 RTT_S = 0.08
 BUFFER_CAP_S = 60.0
@@ -61,6 +61,14 @@ CONTROL_POINT = "abr-0"
 POLICIES: dict[str, Callable[[], AbrPolicy]] = {"bba": BBA, "rate": RateBased, "mpc": RobustMPC, "bola": BolaE}
 #: Teachers that see the future: only this simulator can drive them.
 TEACHERS: dict[str, Callable[[], AbrPolicy]] = {"oracle": ClairvoyantMPC}
+#: RobustMPC as Pensieve's and NetLLM's code runs it (sizes of chunks k+1..k+5, ties to the last plan), for
+#: comparing with their numbers.
+PUBLISHED_MPC = "mpc-published"
+
+
+def published_mpc(manifest: VideoManifest) -> Callable[[], AbrPolicy]:
+    """The published RobustMPC variant, given the whole video (it plans with sizes beyond an observation's)."""
+    return lambda: RobustMPC(published=True, chunk_bytes=manifest.chunk_bytes)
 
 
 
@@ -187,7 +195,7 @@ def run_session(
                 started = time.perf_counter()
                 choice = p.act(obs)
                 decision_ms = (time.perf_counter() - started) * 1e3
-                choice = _check_quality(p, choice, manifest.n_levels, chunk)
+                choice = check_quality(f"policy {p.name}", choice, manifest.n_levels, chunk)
                 if role == "acting":
                     quality = choice
                 decision_rows.append(
@@ -252,14 +260,6 @@ def run_session(
     )
     video = pd.DataFrame(video_rows, columns=VIDEO_COLUMNS)
     return SessionResult(video, pd.DataFrame(decision_rows, columns=DECISIONS_SCHEMA.names))
-
-
-def _check_quality(policy: AbrPolicy, quality: object, n_levels: int, chunk: int) -> int:
-    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 0 <= quality < n_levels:
-        raise ValueError(
-            f"policy {policy.name} chose quality {quality!r} for chunk {chunk}; need an int in [0, {n_levels})"
-        )
-    return int(quality)
 
 
 def _info(policy: AbrPolicy, trace: BandwidthTrace, chunk: int, done: bool) -> dict:
@@ -426,7 +426,8 @@ def summarize(evaluation: pd.DataFrame) -> pd.DataFrame:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m testbed.chunksim", description=__doc__.split("\n")[0])
     parser.add_argument("--policy", default="bba,rate,mpc,bola",
-                        help=f"comma-separated, from {sorted(POLICIES)} or any ABR policy of agents.registry (llm)")
+                        help=f"comma-separated, from {sorted(POLICIES)}, {PUBLISHED_MPC} (RobustMPC with the "
+                        "published off-by-one: chunk sizes k+1..k+5) or any ABR policy of agents.registry (llm)")
     parser.add_argument("--traces", type=Path, help="trace file or directory (default: the shipped FCC traces)")
     parser.add_argument("--limit", type=int, help="use only the first N traces (sorted by name)")
     parser.add_argument("--manifest", type=Path, help="video_size_* directory (default: the shipped video1)")
@@ -437,16 +438,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agents.registry import make_policy, policy_names
 
     names = [n.strip() for n in args.policy.split(",") if n.strip()]
-    unknown = [n for n in names if n not in POLICIES and n not in policy_names("abr")]
+    known = set(POLICIES) | {PUBLISHED_MPC} | set(policy_names("abr"))
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
-        parser.error(f"unknown policy {unknown}; choose from {sorted(set(POLICIES) | set(policy_names('abr')))}")
-    factories = {n: POLICIES.get(n) or (lambda n=n: make_policy("abr", n)) for n in names}
+        parser.error(f"unknown policy {unknown}; choose from {sorted(known)}")
     if args.decisions and args.out is None:
         parser.error("--decisions needs --out")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be >= 1")
     traces = load_trace_set(args.traces, args.limit) if args.traces else default_traces()[: args.limit]
     manifest = load_manifest(args.manifest) if args.manifest else default_manifest()
+    factories = {n: published_mpc(manifest) if n == PUBLISHED_MPC else POLICIES.get(n)
+                 or (lambda n=n: make_policy("abr", n)) for n in names}
 
     evaluation = evaluate(factories, traces, manifest, args.out, args.decisions)
     if args.out is not None:

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from testbed.runner import DEFAULT_RUNS_DIR, default_run_dir, run_config, with_agents
+from testbed import lifecycle
+from testbed.runner import DEFAULT_RUNS_DIR, default_run_dir, parse_agent, run_config, with_agents
 from testbed.scenario import ScenarioError, list_scenarios, load_scenario
 
 if TYPE_CHECKING:  # the report's imports are only paid for by the commands that report
@@ -58,16 +59,22 @@ def format_summary(summary: dict) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     overrides = {"seed": args.seed, "duration_s": args.duration}
-    if args.llm_checkpoint:
-        os.environ["TESTBED_LLM_CHECKPOINT"] = str(Path(args.llm_checkpoint).resolve())
-    if args.llm_backbone:
-        os.environ["TESTBED_LLM_BACKBONE"] = args.llm_backbone
+    _agent_env(args)
     config = load_scenario(args.scenario, overrides)
-    aqm = None if args.aqm in (None, "dualpi2") else args.aqm.removesuffix("-agent")
-    config, agents = with_agents(config, aqm, args.abr, tuple(args.shadow), timeout_s=args.agent_timeout)
+    aqm = parse_agent(None if args.aqm in (None, "dualpi2") else args.aqm.removesuffix("-agent"), "--aqm")
+    abr = parse_agent(args.abr, "--abr")
+    config, agents = with_agents(config, aqm, abr, tuple(args.shadow), timeout_s=args.agent_timeout,
+                                 connect_timeout_s=args.agent_connect_timeout)
+    # The default directory belongs to the testbed: a new run of the same scenario, policy and seed replaces it.
     run_dir = Path(args.out) if args.out else default_run_dir(config, Path(args.runs_dir), agents)
     print(f"running {config.name} (seed {config.seed}, {config.duration_s:g} s simulated) -> {run_dir}", file=sys.stderr)
-    result = run_config(config, run_dir, timeout_s=args.timeout, agents=agents)
+    for name, point in (("aqm", config.control.aqm), ("abr", config.control.abr)):
+        if point is not None and point.external:
+            ports = f"{point.port}" if name == "aqm" else f"{point.port}..{point.port + len(config.all_video()) - 1}"
+            print(f"  {name} control point: waiting up to {point.connect_timeout_s:g} s for your agent at "
+                  f"tcp://{point.host}:{ports}", file=sys.stderr)
+    result = run_config(config, run_dir, timeout_s=args.timeout, agents=agents,
+                        overwrite=args.overwrite or not args.out)
     if result.status != "ok":
         print(f"run failed: {result.error}", file=sys.stderr)
         return 1
@@ -85,6 +92,26 @@ def cmd_list(args: argparse.Namespace) -> int:
     for control in ("aqm", "abr"):
         print(f"{control} policies: {', '.join(policy_names(control))}")
     return 0
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds (a number > 0), got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds (a number > 0), got {text!r}")
+    return value
+
+
+def _agent_timeouts(parser: argparse.ArgumentParser, connect: bool = True) -> None:
+    parser.add_argument("--agent-timeout", type=_positive_seconds, default=30.0, metavar="S",
+                        help="seconds either side waits for each answer of the other during a run (default 30; "
+                        "the start-up wait is 120 s)")
+    if connect:
+        parser.add_argument("--agent-connect-timeout", type=_positive_seconds, default=120.0, metavar="S",
+                            help="seconds either side waits for the other to come up at the start (default 120: "
+                            "covers the simulation's start-up and an LLM agent's loading)")
 
 
 def _set_arg(text: str) -> tuple[str, object]:
@@ -107,8 +134,8 @@ def _grid_options(parser: argparse.ArgumentParser) -> None:
                         "started here, or a new local instance)")
     parser.add_argument("--jobs", type=int, help="runs at a time with the local backend (default: one per core)")
     parser.add_argument("--retry-failed", action="store_true", help="run again the runs that failed before")
-    parser.add_argument("--timeout", type=float, help="wall-clock limit of each run in seconds")
-    parser.add_argument("--agent-timeout", type=float, default=30.0, help="seconds either side waits for the other")
+    parser.add_argument("--timeout", type=_positive_seconds, help="wall-clock limit of each run in seconds")
+    _agent_timeouts(parser, connect=False)
     parser.add_argument("--llm-checkpoint", help="adapted LLM checkpoint directory for the llm policy (acting or "
                         "shadow; on a shared filesystem with --backend ray)")
     parser.add_argument("--llm-backbone", help="without a checkpoint: local model dir, 'default' (SmolLM2-135M) or "
@@ -172,15 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("scenario", help="scenario name from scenarios/ or a path to a YAML file")
     run.add_argument("--seed", type=int, help="random seed (default: the scenario's)")
     run.add_argument("--duration", type=float, help="simulated seconds (default: the scenario's)")
-    run.add_argument("--out", help="run directory (default: runs/<scenario>/<policy>/<seed>)")
+    run.add_argument("--out", help="run directory (default: runs/<scenario>/<policy>/<seed>, replaced by a new "
+                     "run); must be empty or new unless --overwrite")
+    run.add_argument("--overwrite", action="store_true", help="clear --out first if it holds an earlier run")
     run.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR), help="root of default run directories")
-    run.add_argument("--timeout", type=float, help="wall-clock limit in seconds")
-    run.add_argument("--aqm", help="AQM policy: dualpi2 (in-queue PI2, default) or an agent policy served over "
-                     "the wire (pi2, pie, fixed; 'pi2-agent' works too)")
-    run.add_argument("--abr", help="ABR policy served over the wire for every video client (bba, rate, mpc, bola)")
+    run.add_argument("--timeout", type=_positive_seconds, help="wall-clock limit in seconds")
+    run.add_argument("--aqm", help="AQM policy: dualpi2 (in-queue PI2, default), an agent policy the testbed starts "
+                     "(pi2, pie, fixed, llm; 'pi2-agent' works too), or tcp://HOST:PORT for an agent you started")
+    run.add_argument("--abr", help="ABR policy for every video client: an agent policy the testbed starts (bba, "
+                     "rate, mpc, bola, llm), or tcp://HOST:BASEPORT for agents you started (client i at BASEPORT+i)")
     run.add_argument("--shadow", action="append", default=[], metavar="NAME",
-                     help="policy that shadows the acting one in each agent (repeatable)")
-    run.add_argument("--agent-timeout", type=float, default=30.0, help="seconds either side waits for the other")
+                     help="policy that shadows the acting one in each agent the testbed starts (repeatable)")
+    _agent_timeouts(run)
     run.add_argument("--llm-checkpoint", help="adapted LLM checkpoint directory for the llm policy (acting or shadow)")
     run.add_argument("--llm-backbone", help="without a checkpoint: local model dir, 'default' (SmolLM2-135M) or 'tiny'")
     run.set_defaults(func=cmd_run)
@@ -221,13 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with lifecycle.stop_signals_interrupt():  # SIGTERM and SIGHUP stop a run the way Ctrl-C does
+            return args.func(args)
     except (ScenarioError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except OSError as exc:  # an unwritable results directory, a full disk
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        print(f"interrupted ({lifecycle.signal_name(exc)})", file=sys.stderr)
+        return lifecycle.exit_code(exc)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,10 @@ def run_grid(specs: Sequence[RunSpec], out: Path, backend: str = "local", jobs: 
     if address and backend != "ray":
         raise ValueError("--address is for --backend ray")
     stream = stream or sys.stderr
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot write results to {out}: {exc.strerror or exc}") from None
     todo = store.plan(specs, retry_failed)
     where = f"ray ({address or 'default address'})" if backend == "ray" else \
         f"{jobs or os.cpu_count()} local workers"

@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from emulation.config import SimulationConfig
-from testbed.runner import AgentSpec, with_agents
+from testbed.runner import AgentSpec, check_under, with_agents
 from testbed.scenario import ScenarioError, load_scenario, resolve_scenario_path
 
 #: The bare policy meaning "no AQM agent": the scenario's own queue disc (in-queue PI2 for dualpi2).
@@ -242,6 +242,7 @@ def expand_grid(scenarios: Iterable[str], policies: Iterable[Policy], seeds: Ite
                     raise GridError(f"policy '{policy.label}' on scenario '{config.name}': {exc}") from None
                 for seed in seeds:
                     run_dir = out / config.name / policy.label / param_tag(combo) / str(seed)
+                    check_under(run_dir, out)
                     specs.append(RunSpec(path, config.name, merged, seed, policy.label, run_dir, combo))
     dirs = [s.run_dir for s in specs]
     clash = sorted({str(d) for d in dirs if dirs.count(d) > 1})

@@ -1,15 +1,18 @@
-"""Run one scenario in its own simulation process and record the outcome.
+"""Run one scenario in its own simulation process, with its agent processes, and record the outcome.
 
-The run directory gets the resolved config first and a ``status.json`` that
-says running / ok / failed (with the error), so an interrupted or failed run
-is never mistaken for a finished one. The simulation runs in a new process
-group that is killed on timeout or Ctrl-C: no orphans.
+The run directory is claimed first (one writer: ``testbed.ownership``), then
+gets the resolved config and a ``status.json`` that says running / ok /
+failed (with the error), so an interrupted or failed run is never mistaken
+for a finished one. The children run in sessions of their own and die with
+the testbed (``testbed.lifecycle``); whatever ends a run (its end, a failure,
+a timeout, Ctrl-C, SIGTERM, an agent's death) the simulation is asked to stop
+first, so it writes the tables it has, then the agents get their final state,
+and nothing is left running. That cleanup is not cut short by a second signal.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,14 +20,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from emulation.config import SimulationConfig
+from pydantic import ValidationError
+
+from emulation.config import AbrControlConfig, AqmControlConfig, SimulationConfig
 from emulation.rundir import read_json, write_json, write_yaml
+from testbed import lifecycle
+from testbed.ownership import INTERRUPTED, claim, write_status
 
 DEFAULT_RUNS_DIR = Path("runs")
-
-
-class RunFailed(RuntimeError):
-    """The simulation process failed; the message carries its error."""
+#: Time the simulation gets to stop by itself and write its tables before it is killed.
+SIM_STOP_GRACE_S = 20.0
+#: Time agents get to write their decisions after the simulation ended.
+AGENT_STOP_GRACE_S = 10.0
+#: The loopback address every agent the runner starts binds to.
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass
@@ -36,9 +45,11 @@ class AgentSpec:
     control_point: str
     port: int
     shadows: tuple[str, ...] = ()
-    host: str = "127.0.0.1"
+    host: str = LOOPBACK
     #: keyword arguments of the acting policy (``--policy-arg KEY=VALUE``)
     policy_args: tuple[tuple[str, str], ...] = ()
+    #: longest wait for the simulation's first message (covers the simulation's start-up)
+    connect_timeout_s: float = 120.0
 
 
 @dataclass
@@ -56,37 +67,84 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def with_agents(config: SimulationConfig, aqm: str | None, abr: str | None, shadows: tuple[str, ...] = (),
-                timeout_s: float = 30.0, aqm_args: dict | None = None,
-                abr_args: dict | None = None) -> tuple[SimulationConfig, list[AgentSpec]]:
-    """Turn on the wire control points for the chosen policies; return the config and the agents to start."""
+@dataclass(frozen=True)
+class ExternalAgent:
+    """An agent the runner does not start (``--aqm tcp://HOST:PORT``): where the simulation finds it."""
+
+    host: str
+    port: int
+
+
+def parse_agent(text: str | None, option: str) -> str | ExternalAgent | None:
+    """A policy name, or ``tcp://HOST:PORT`` for an agent started elsewhere (IPv6 hosts in brackets)."""
+    if text is None or not text.startswith("tcp://"):
+        return text
+    host, sep, port = text.removeprefix("tcp://").rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{option} {text}: expected tcp://HOST:PORT with a port in 1..65535")
+    return ExternalAgent(host, int(port))
+
+
+def _control(cls: type, current, option: str, **update):
+    """``current`` (or the defaults) with ``update``, validated: the runner's settings get the schema's checks."""
+    data = {**(current.model_dump() if current is not None else {}), **update}
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))} {e['msg'].lower()} (got {e.get('input')!r})"
+                             for e in exc.errors())
+        raise ValueError(f"{option}: {problems}") from None
+
+
+def with_agents(config: SimulationConfig, aqm: str | ExternalAgent | None, abr: str | ExternalAgent | None,
+                shadows: tuple[str, ...] = (), timeout_s: float = 30.0, aqm_args: dict | None = None,
+                abr_args: dict | None = None,
+                connect_timeout_s: float = 120.0) -> tuple[SimulationConfig, list[AgentSpec]]:
+    """Turn on the wire control points for the chosen agents; return the config and the agents to start.
+
+    ``aqm``/``abr`` name a policy (the runner starts its agent, bound to 127.0.0.1 whatever host the
+    scenario names), an :class:`ExternalAgent` (started by someone else), or None: then only a control
+    point the scenario marks ``external: true`` stays on (with these timeouts), and otherwise the queue
+    runs its own PI2 and each video client its configured ABR.
+    """
     from agents.registry import policy_names
-    from emulation.config import AbrControlConfig, AqmControlConfig
 
     agents: list[AgentSpec] = []
     control = config.control.model_copy()
-    chosen = {c for c, name in (("aqm", aqm), ("abr", abr)) if name}
-    unknown = [s for s in shadows if not any(s in policy_names(c) for c in chosen)]
+    timeouts = {"timeout_s": timeout_s, "connect_timeout_s": connect_timeout_s}
+    started = {c for c, name in (("aqm", aqm), ("abr", abr)) if isinstance(name, str)}
+    unknown = [s for s in shadows if not any(s in policy_names(c) for c in started)]
     if unknown:
-        raise ValueError(f"shadow policy {', '.join(unknown)} fits none of the agents' controls ({', '.join(sorted(chosen))})")
+        raise ValueError(f"shadow policy {', '.join(unknown)} fits none of the agents the testbed starts "
+                         f"({', '.join(sorted(started)) or 'none'})")
 
     def shadows_for(control_name: str) -> tuple[str, ...]:
         return tuple(s for s in shadows if s in policy_names(control_name))
 
-    if aqm:
-        port = free_port()
-        control.aqm = (control.aqm or AqmControlConfig()).model_copy(update={"port": port, "timeout_s": timeout_s})
-        agents.append(AgentSpec("aqm", aqm, "aqm", port, shadows_for("aqm"),
-                                policy_args=tuple((aqm_args or {}).items())))
-    if abr:
-        clients = config.all_video()
-        if not clients:
-            raise ValueError(f"scenario '{config.name}' has no video clients for an ABR agent")
-        # Client i talks to port + i: reserve a contiguous block starting at a free port.
-        base = _free_block(len(clients))
-        control.abr = (control.abr or AbrControlConfig()).model_copy(update={"port": base, "timeout_s": timeout_s})
-        agents += [AgentSpec("abr", abr, f"abr-{c.name}", base + i, shadows_for("abr"),
-                             policy_args=tuple((abr_args or {}).items())) for i, c in enumerate(clients)]
+    def endpoint(cls: type, current, choice, option: str, port: int | None):
+        if isinstance(choice, ExternalAgent):
+            return _control(cls, current, option, host=choice.host, port=choice.port, external=True, **timeouts)
+        if isinstance(choice, str):
+            return _control(cls, current, option, host=LOOPBACK, port=port, external=False, **timeouts)
+        if current is not None and current.external:
+            return _control(cls, current, option, **timeouts)
+        return None
+
+    aqm_port = free_port() if isinstance(aqm, str) else None
+    control.aqm = endpoint(AqmControlConfig, control.aqm, aqm, "--aqm", aqm_port)
+    if isinstance(aqm, str):
+        agents.append(AgentSpec("aqm", aqm, "aqm", aqm_port, shadows_for("aqm"), LOOPBACK,
+                                tuple((aqm_args or {}).items()), connect_timeout_s))
+    clients = config.all_video()
+    if abr is not None and not clients:
+        raise ValueError(f"scenario '{config.name}' has no video clients for an ABR agent")
+    # Client i talks to port + i: the runner reserves a contiguous block starting at a free port.
+    base = _free_block(len(clients)) if isinstance(abr, str) else None
+    control.abr = endpoint(AbrControlConfig, control.abr, abr, "--abr", base)
+    if isinstance(abr, str):
+        agents += [AgentSpec("abr", abr, f"abr-{c.name}", base + i, shadows_for("abr"), LOOPBACK,
+                             tuple((abr_args or {}).items()), connect_timeout_s) for i, c in enumerate(clients)]
     return config.model_copy(update={"control": control}), agents
 
 
@@ -109,7 +167,11 @@ def _free_block(n: int) -> int:
 
 
 def policy_label(config: SimulationConfig, agents: list[AgentSpec] | None = None) -> str:
+    """The run directory's policy part: ``<aqm>-agent`` or the queue type, then the ABR, then shadows."""
     by_control = {a.control: a.policy for a in agents or []}
+    for name, point in (("aqm", config.control.aqm), ("abr", config.control.abr)):
+        if name not in by_control and point is not None and point.external:
+            by_control[name] = "external"
     parts = [f"{by_control['aqm']}-agent" if "aqm" in by_control else config.bottleneck.queue.type]
     if config.video:
         parts.append(by_control.get("abr") or "+".join(sorted({v.abr for v in config.all_video()})))
@@ -120,7 +182,15 @@ def policy_label(config: SimulationConfig, agents: list[AgentSpec] | None = None
 
 def default_run_dir(config: SimulationConfig, runs_dir: Path = DEFAULT_RUNS_DIR,
                     agents: list[AgentSpec] | None = None) -> Path:
-    return Path(runs_dir) / config.name / policy_label(config, agents) / str(config.seed)
+    run_dir = Path(runs_dir) / config.name / policy_label(config, agents) / str(config.seed)
+    check_under(run_dir, runs_dir)
+    return run_dir
+
+
+def check_under(path: Path, root: Path) -> None:
+    """Refuse a path that resolves outside ``root`` (names are checked, links are not)."""
+    if not Path(path).resolve().is_relative_to(Path(root).resolve()):
+        raise ValueError(f"{path} resolves outside {root}")
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -130,31 +200,17 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=5)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def _start_agent(spec: AgentSpec, run_dir: Path, timeout_s: float) -> subprocess.Popen:
+def _start_agent(spec: AgentSpec, run_dir: Path, timeout_s: float, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
     out = run_dir / "agents" / spec.control_point
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "agents", "serve", "--control", spec.control, "--policy", spec.policy,
            "--port", str(spec.port), "--host", spec.host, "--out", str(out), "--timeout", str(timeout_s),
-           "--control-point", spec.control_point]
+           "--connect-timeout", str(spec.connect_timeout_s), "--control-point", spec.control_point]
     for shadow in spec.shadows:
         cmd += ["--shadow", shadow]
     for key, value in spec.policy_args:
         cmd += ["--policy-arg", f"{key}={value}"]
-    log_file = open(run_dir / f"agent-{spec.control_point}.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    log_file.close()
-    return proc
+    return lifecycle.spawn(cmd, run_dir / f"agent-{spec.control_point}.log", pass_fds)
 
 
 def agent_summary(run_dir: Path) -> dict:
@@ -187,83 +243,123 @@ def agent_summary(run_dir: Path) -> dict:
     return out
 
 
-def _supervise(proc: subprocess.Popen, agent_procs: list, timeout_s: float, run_dir: Path) -> tuple:
-    """Wait for the simulation; an agent that dies first ends the run at once with its error."""
-    deadline = time.time() + timeout_s
+def _agent_error(spec: AgentSpec, rc: int, run_dir: Path, what: str) -> str:
+    return (f"agent for {spec.control_point} ({spec.policy}) {what} {lifecycle.describe_exit(rc)}: "
+            f"{_tail(run_dir / f'agent-{spec.control_point}.log', 3)}")
+
+
+def _supervise(sim: subprocess.Popen, agent_procs: list, timeout_s: float,
+               run_dir: Path) -> tuple[int | None, str | None]:
+    """Wait for the simulation; an agent that dies first stops it (it writes its tables before it exits).
+
+    The simulation keeps its own wall-clock limit of ``timeout_s``; past it (and a grace to write its
+    tables) the runner kills it. Returns its exit code and the runner's own error, if any.
+    """
+    deadline = time.monotonic() + timeout_s + SIM_STOP_GRACE_S
     while True:
         try:
-            return proc.wait(timeout=0.2), None
+            return sim.wait(timeout=0.2), None
         except subprocess.TimeoutExpired:
-            if time.time() > deadline:
-                raise
+            pass
+        if time.monotonic() > deadline:
+            lifecycle.stop_group(sim, SIM_STOP_GRACE_S)
+            return None, f"simulation timed out after {timeout_s:.0f} s and did not stop (see {run_dir / 'sim.log'})"
         for spec, agent in agent_procs:
             rc = agent.poll()
             if rc not in (None, 0):
-                _kill_group(proc)
-                return None, (f"agent for {spec.control_point} ({spec.policy}) died with code {rc}: "
-                              f"{_tail(run_dir / f'agent-{spec.control_point}.log', 3)}")
+                lifecycle.stop_group(sim, SIM_STOP_GRACE_S)
+                return None, _agent_error(spec, rc, run_dir, "died:")
 
 
-def _stop_agents(agent_procs: list, run_dir: Path, grace_s: float = 10.0) -> list[str]:
+def _stop_agents(agent_procs: list, run_dir: Path, grace_s: float = AGENT_STOP_GRACE_S) -> list[str]:
     """Let agents finish writing their decisions, then make sure none is left running."""
     errors = []
-    deadline = time.time() + grace_s
+    deadline = time.monotonic() + grace_s
     for spec, proc in agent_procs:
         try:
-            rc = proc.wait(timeout=max(0.1, deadline - time.time()))
+            rc = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
             rc = None
         if rc not in (0, None):
-            errors.append(f"agent for {spec.control_point} ({spec.policy}) exited with code {rc}: "
-                          f"{_tail(run_dir / f'agent-{spec.control_point}.log', 3)}")
-        else:
-            _kill_group(proc)
+            errors.append(_agent_error(spec, rc, run_dir, "exited:"))
+        lifecycle.stop_group(proc, 3.0)  # also whatever it left in its group
     return errors
 
 
+def _remove_temp_files(run_dir: Path) -> None:
+    """Half-written files of processes that were killed (``.<name>.<pid>.tmp`` / ``.partial``): never results."""
+    for pattern in (".*.tmp", ".*.partial"):
+        for path in run_dir.rglob(pattern):
+            path.unlink(missing_ok=True)
+
+
+def _sim_error(rc: int | None, run_dir: Path) -> str | None:
+    """Why the simulation process failed: its own account (sim-error.json), else how it died and its log."""
+    if rc in (0, None):
+        return None
+    err_file = run_dir / "sim-error.json"
+    if err_file.exists():
+        try:
+            return read_json(err_file)["error"]
+        except (OSError, ValueError, KeyError):
+            pass
+    return f"simulation process {lifecycle.describe_exit(rc)}; sim.log ends with:\n{_tail(run_dir / 'sim.log')}"
+
+
 def run_config(config: SimulationConfig, run_dir: Path, timeout_s: float | None = None,
-               agents: list[AgentSpec] | None = None) -> RunResult:
-    """Run ``config`` in a simulation process writing into ``run_dir``, with its agent processes."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+               agents: list[AgentSpec] | None = None, overwrite: bool = False) -> RunResult:
+    """Run ``config`` in a simulation process writing into ``run_dir``, with its agent processes.
+
+    ``run_dir`` must be absent or empty unless ``overwrite`` (which clears it); a directory another
+    process writes is refused (:class:`testbed.ownership.RunDirError`). Ctrl-C and the stop signals
+    (as :class:`KeyboardInterrupt`) stop the run, record it as interrupted and are raised again.
+    """
+    with claim(run_dir, overwrite=overwrite) as lock:
+        return run_claimed(config, Path(run_dir), timeout_s, agents, lock.fd)
+
+
+def run_claimed(config: SimulationConfig, run_dir: Path, timeout_s: float | None = None,
+                agents: list[AgentSpec] | None = None, lock_fd: int | None = None) -> RunResult:
+    """:func:`run_config` in a directory this process has claimed (``lock_fd`` goes to the children)."""
     write_yaml(run_dir / "config.yaml", config.model_dump(mode="json"))
     started = time.time()
-    write_json(run_dir / "status.json", {"state": "running", "started": started, "pid": os.getpid()})
+    write_status(run_dir, "running", started=started, pid=os.getpid(), host=socket.gethostname())
     if timeout_s is None:
         timeout_s = 120.0 + 20.0 * config.duration_s
-    cmd = [sys.executable, "-m", "testbed.simproc", "--config", str(run_dir / "config.yaml"), "--out", str(run_dir)]
-    error = None
+    cmd = [sys.executable, "-m", "testbed.simproc", "--config", str(run_dir / "config.yaml"), "--out", str(run_dir),
+           "--wall-limit", str(timeout_s)]
     agent_timeout_s = max((c.timeout_s for c in (config.control.aqm, config.control.abr) if c), default=30.0)
-    agent_procs = [(spec, _start_agent(spec, run_dir, agent_timeout_s)) for spec in agents or []]
+    agent_procs: list = []
+    sim: subprocess.Popen | None = None
+    rc, error, interrupted = None, None, None
+    inherit = (lock_fd,) if lock_fd is not None else ()  # the directory stays claimed until the children exit
     try:
-        with open(run_dir / "sim.log", "w") as log_file:
-            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                rc, error = _supervise(proc, agent_procs, timeout_s, run_dir)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                rc, error = None, f"simulation timed out after {timeout_s:.0f} s (see {run_dir / 'sim.log'})"
-            except BaseException:
-                _kill_group(proc)
-                write_json(run_dir / "status.json", {"state": "failed", "error": "interrupted", "started": started})
-                raise
+        for spec in agents or []:
+            agent_procs.append((spec, _start_agent(spec, run_dir, agent_timeout_s, inherit)))
+        sim = lifecycle.spawn(cmd, run_dir / "sim.log", inherit)
+        rc, error = _supervise(sim, agent_procs, timeout_s, run_dir)
+    except KeyboardInterrupt as exc:
+        interrupted = exc
+    except Exception as exc:  # a run must end recorded, whatever broke in the runner
+        error = f"{type(exc).__name__}: {exc}"
     finally:
-        agent_errors = _stop_agents(agent_procs, run_dir)
-    wall_s = time.time() - started
-    if rc not in (0, None) and error is None:
-        err_file = run_dir / "sim-error.json"
-        if err_file.exists():
-            error = read_json(err_file)["error"]
-        else:
-            error = f"simulation process exited with code {rc}:\n{_tail(run_dir / 'sim.log')}"
-    if error is None and agent_errors:
-        error = "; ".join(agent_errors)
+        with lifecycle.uninterruptible():
+            if sim is not None and sim.poll() is None:
+                rc = lifecycle.stop_group(sim, SIM_STOP_GRACE_S)  # it writes the tables it has
+            agent_errors = _stop_agents(agent_procs, run_dir)
+            _remove_temp_files(run_dir)
+            wall_s = time.time() - started
+            if interrupted is not None:
+                write_status(run_dir, "failed", error=INTERRUPTED, signal=lifecycle.signal_name(interrupted),
+                             started=started, wall_s=wall_s)
+    if interrupted is not None:
+        raise interrupted
+    error = error or _sim_error(rc, run_dir) or ("; ".join(agent_errors) if agent_errors else None)
     summary_path = run_dir / "summary.json"
     summary = read_json(summary_path) if summary_path.exists() else None
     if summary is not None and agents:
         summary["agents"] = agent_summary(run_dir)
         write_json(summary_path, summary)
     state = "ok" if error is None else "failed"
-    write_json(run_dir / "status.json", {"state": state, "error": error, "started": started, "wall_s": wall_s})
+    write_status(run_dir, state, error=error, started=started, wall_s=wall_s)
     return RunResult(run_dir=run_dir, status=state, summary=summary, error=error, wall_s=wall_s)

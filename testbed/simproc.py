@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -20,6 +21,7 @@ import yaml
 
 from emulation.config import SimulationConfig
 from emulation.rundir import write_json
+from testbed.ownership import mark_interrupted
 
 log = logging.getLogger("testbed.simproc")
 
@@ -57,17 +59,26 @@ def build_components(config: SimulationConfig) -> list:
     return components
 
 
-def run(config_path: Path, out_dir: Path) -> int:
-    from emulation.simulation import run_simulation
+def run(config_path: Path, out_dir: Path, wall_limit_s: float | None = None) -> int:
+    """Run the simulation; on failure write ``sim-error.json`` (the runner reads it) and return 1.
 
+    A simulation whose parent (the testbed runner) died, so that the kernel stopped it with the
+    parent-death signal, records the run as interrupted itself: nobody else is left to.
+    """
+    from emulation.simulation import RunInterrupted, run_simulation
+
+    parent_pid = os.getppid()
     config = SimulationConfig.model_validate(yaml.safe_load(Path(config_path).read_text()))
     try:
-        summary = run_simulation(config, out_dir, components=build_components(config))
+        summary = run_simulation(config, out_dir, components=build_components(config), wall_limit_s=wall_limit_s)
     except Exception as exc:
         write_json(out_dir / "sim-error.json", {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
         print(f"simulation failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if isinstance(exc, RunInterrupted) and os.getppid() != parent_pid:
+            mark_interrupted(out_dir, detail=f"the testbed process that ran it (pid {parent_pid}) died; {exc}")
         return 1
-    log.info("done: %.1f s simulated in %.1f s wall", summary["sim_end_s"], summary["wall_s"])
+    log.info("done: %.1f s simulated in %.1f s wall%s", summary["sim_end_s"], summary["wall_s"],
+             f" (ended by {summary['ended_by']})" if summary.get("ended_by") else "")
     return 0
 
 
@@ -75,9 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m testbed.simproc", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="resolved config.yaml of the run")
     parser.add_argument("--out", type=Path, required=True, help="run directory")
+    parser.add_argument("--wall-limit", type=float, metavar="S",
+                        help="stop after S seconds of wall-clock time, writing the tables gathered so far")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s sim %(levelname)s %(message)s")
-    return run(args.config, args.out)
+    return run(args.config, args.out, args.wall_limit)
 
 
 if __name__ == "__main__":

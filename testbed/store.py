@@ -4,7 +4,9 @@ The store is the run directories themselves (``<out>/<scenario>/<policy>/<param-
 written by ``testbed.runner``) plus ``runspec.json``, the grid cell that produced
 the run. ``status.json`` decides what a resumed grid does: ``ok`` runs are kept,
 failed runs are kept with their error and re-run only when asked, and runs that
-never finished (killed, interrupted) run again. Nothing is dropped silently:
+never finished (killed, interrupted) run again. A run another process is still
+writing (its directory is claimed, ``testbed.ownership``) is left alone: only a
+``running`` cell whose owner is gone is reclaimed. Nothing is dropped silently:
 every cell ends up ok or failed with an error, and reports show both.
 """
 
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,34 +24,25 @@ import yaml
 
 from emulation.rundir import read_json, write_json
 from testbed.grid import IN_QUEUE, SAMPLE_KEYS, GridError, Policy, RunSpec
+from testbed.ownership import INTERRUPTED, STATUS_FILE, RunDirClaim, claim, is_claimed, read_status, write_status
 
 SPEC_FILE = "runspec.json"
-STATUS_FILE = "status.json"
-#: The error run_config records when Ctrl-C stops a run: not a failure of the run, so it runs again on resume.
-INTERRUPTED = "interrupted"
 
 
 def run_state(run_dir: Path) -> str:
-    """``missing``, ``unfinished`` (started, never finished or interrupted), ``ok`` or ``failed``."""
+    """``missing``, ``busy`` (another live process writes it), ``unfinished`` (started, never finished or
+    interrupted), ``ok`` or ``failed``."""
     status = read_status(run_dir)
     if status is None:
-        return "missing"
+        return "busy" if is_claimed(run_dir) else "missing"
     state = status.get("state")
     if state == "ok":
         return "ok"
     if state == "failed" and status.get("error") != INTERRUPTED:
         return "failed"
+    if state == "running" and is_claimed(run_dir):
+        return "busy"
     return "unfinished"
-
-
-def read_status(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / STATUS_FILE
-    try:
-        return read_json(path)
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError) as exc:
-        return {"state": "failed", "error": f"unreadable {path}: {exc}"}
 
 
 @dataclass
@@ -60,12 +52,15 @@ class Plan:
     to_run: list[RunSpec] = field(default_factory=list)
     done: list[RunSpec] = field(default_factory=list)  # ok already: kept
     failed: list[RunSpec] = field(default_factory=list)  # failed earlier: kept with their error
+    busy: list[RunSpec] = field(default_factory=list)  # being run by another process: left alone
 
     def describe(self, retry_failed: bool) -> str:
-        total = len(self.to_run) + len(self.done) + len(self.failed)
+        total = len(self.to_run) + len(self.done) + len(self.failed) + len(self.busy)
         parts = [f"{total} runs: {len(self.to_run)} to run"]
         if self.done:
             parts.append(f"{len(self.done)} already ok (kept)")
+        if self.busy:
+            parts.append(f"{len(self.busy)} being run by another testbed process (left alone)")
         if self.failed:
             parts.append(f"{len(self.failed)} failed earlier (kept; --retry-failed runs them again)")
         elif retry_failed:
@@ -94,6 +89,8 @@ def plan(specs: Iterable[RunSpec], retry_failed: bool = False) -> Plan:
         state = run_state(spec.run_dir)
         if state == "ok":
             result.done.append(spec)
+        elif state == "busy":
+            result.busy.append(spec)
         elif state == "failed" and not retry_failed:
             result.failed.append(spec)
         else:
@@ -101,24 +98,18 @@ def plan(specs: Iterable[RunSpec], retry_failed: bool = False) -> Plan:
     return result
 
 
-def prepare(spec: RunSpec) -> None:
-    """Empty a directory about to be (re-)run, so no file of an earlier attempt is read as this run's; record the
-    cell and which host and process ran it (on a cluster, where to look for its logs)."""
-    if spec.run_dir.exists():
-        shutil.rmtree(spec.run_dir)
-    spec.run_dir.mkdir(parents=True)
+def prepare(spec: RunSpec) -> RunDirClaim:
+    """Claim a cell's directory (refused with RunDirBusy while another process runs it) and empty it, so no
+    file of an earlier attempt is read as this run's; record the cell and which host and process ran it (on
+    a cluster, where to look for its logs)."""
+    lock = claim(spec.run_dir, overwrite=True)
     write_json(spec.run_dir / SPEC_FILE, {**spec.to_json(), "host": socket.gethostname(), "pid": os.getpid()})
+    return lock
 
 
 def record_failure(spec: RunSpec, error: str) -> None:
-    """A cell that failed before its simulation could start (bad config on the worker, no free port...)."""
-    spec.run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(spec.run_dir / STATUS_FILE, {"state": "failed", "error": error})
-
-
-def mark_interrupted(run_dir: Path) -> None:
-    """A run stopped by Ctrl-C: recorded as not finished, so a resumed grid runs it again."""
-    write_json(Path(run_dir) / STATUS_FILE, {"state": "failed", "error": INTERRUPTED})
+    """A claimed cell that failed before its simulation could start (bad config on the worker, no free port...)."""
+    write_status(spec.run_dir, "failed", error=error)
 
 
 def find_run_dirs(paths: Iterable[Path]) -> list[Path]:

@@ -7,8 +7,10 @@ everything that does not change between steps (dtype, shape, bounds, the name
 of the data field); a step then costs one protobuf build and one parse.
 
 ns3-gym's own peers have quirks that we accept on input (see
-``/work/shared/reference/ns3-gym-wire.md``): ``floatData`` for a DOUBLE box,
-a flat 1-D shape on Box actions, and ``isGameOver`` without a ``reason``.
+``docs/ns3-gym-wire.md``): ``floatData`` for a DOUBLE box, a flat 1-D shape
+on Box actions, and ``isGameOver`` without a ``reason``. What a peer
+announces is bounded (:data:`MAX_SPACE_ELEMENTS`, :data:`MAX_SPACE_DEPTH`)
+before anything is allocated for it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ _DATA_FIELD = {pb.INT: "intData", pb.UINT: "uintData", pb.FLOAT: "floatData", pb
 #: The numpy dtype a decoded Box gets when the wire says only its Dtype (INT/UINT are 32-bit on the wire).
 _NUMPY_DTYPE = {pb.INT: np.dtype(np.int32), pb.UINT: np.dtype(np.uint32), pb.FLOAT: np.dtype(np.float32),
                 pb.DOUBLE: np.dtype(np.float64)}
+
+#: Most values one space announced by a peer may hold (a million float64 are 8 MB per message).
+MAX_SPACE_ELEMENTS = 1 << 20
+#: Deepest nesting of Tuple/Dict spaces accepted from a peer.
+MAX_SPACE_DEPTH = 8
 
 REASON_NAMES = {pb.EnvStateMsg.SimulationEnd: "SimulationEnd", pb.EnvStateMsg.GameOver: "GameOver"}
 REASON_CODES = {name: code for code, name in REASON_NAMES.items()}
@@ -117,16 +124,32 @@ def _scalar_bounds(space: spaces.Box) -> tuple[float, float]:
 
 
 def description_to_space(desc: pb.SpaceDescription) -> spaces.Space:
-    """Build the gymnasium space a SpaceDescription describes."""
+    """Build the gymnasium space a SpaceDescription describes, refusing one larger than the caps."""
+    return _description_to_space(desc, depth=0, budget=[MAX_SPACE_ELEMENTS])
+
+
+def _spend(budget: list[int], elements: int, what: str) -> None:
+    budget[0] -= elements
+    if budget[0] < 0:
+        raise ProtocolError(f"{what} takes the space beyond {MAX_SPACE_ELEMENTS} values (the cap on what a peer "
+                            "may announce)")
+
+
+def _description_to_space(desc: pb.SpaceDescription, depth: int, budget: list[int]) -> spaces.Space:
+    if depth > MAX_SPACE_DEPTH:
+        raise ProtocolError(f"space nested deeper than {MAX_SPACE_DEPTH} levels")
     if desc.type == pb.Discrete:
         n = _unpack(desc.space, pb.DiscreteSpace, "Discrete space").n
         if n <= 0:
             raise ProtocolError(f"Discrete space needs n > 0, got n={n}")
+        _spend(budget, 1, "a Discrete space")
         return spaces.Discrete(n)
     if desc.type == pb.Box:
         box = _unpack(desc.space, pb.BoxSpace, "Box space")
         if box.dtype not in _NUMPY_DTYPE:
             raise ProtocolError(f"Box space has no dtype (got Dtype value {box.dtype})")
+        size = math.prod(int(d) for d in box.shape)  # Python ints: no overflow on hostile shapes
+        _spend(budget, size, f"a Box of shape {list(box.shape)}")
         dtype = _NUMPY_DTYPE[box.dtype]
         low, high = float(box.low), float(box.high)
         if dtype.kind in "iu":
@@ -136,13 +159,16 @@ def description_to_space(desc: pb.SpaceDescription) -> spaces.Space:
         return spaces.Box(low=low, high=high, shape=tuple(box.shape), dtype=dtype)
     if desc.type == pb.Tuple:
         elements = _unpack(desc.space, pb.TupleSpace, "Tuple space").element
-        return spaces.Tuple([description_to_space(e) for e in elements])
+        _spend(budget, len(elements), f"a Tuple of {len(elements)} elements")
+        return spaces.Tuple([_description_to_space(e, depth + 1, budget) for e in elements])
     if desc.type == pb.Dict:
         elements = _unpack(desc.space, pb.DictSpace, "Dict space").element
+        _spend(budget, len(elements), f"a Dict of {len(elements)} elements")
         names = [e.name for e in elements]
         if len(set(names)) != len(names) or "" in names:
             raise ProtocolError(f"Dict space elements need unique, non-empty names, got {names}")
-        return spaces.Dict([(e.name, description_to_space(e)) for e in sorted(elements, key=lambda e: e.name)])
+        return spaces.Dict([(e.name, _description_to_space(e, depth + 1, budget))
+                            for e in sorted(elements, key=lambda e: e.name)])
     raise ProtocolError(f"space description has unknown or missing type {desc.type}")
 
 

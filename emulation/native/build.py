@@ -47,6 +47,11 @@ class NativeBuildError(RuntimeError):
 
 
 def cache_root() -> Path:
+    """The testbed's cache folder: ``$TESTBED_CACHE``, else ``~/.cache/l4s-testbed``.
+
+    ``llm.backbone.cache_root`` reads the same folder the same way; the two stay separate because
+    emulation may not import llm and llm imports nothing of the project (a test keeps them equal).
+    """
     root = os.environ.get("TESTBED_CACHE")
     return Path(root) if root else Path.home() / ".cache" / "l4s-testbed"
 

@@ -64,11 +64,14 @@ def manifest_for_config(client: VideoClientConfig) -> VideoManifest:
     )
 
 
-def check_quality(client: str, quality: object, n_levels: int, chunk: int) -> int:
-    """``quality`` as an int index, or a ValueError naming the client and chunk."""
+def check_quality(who: str, quality: object, n_levels: int, chunk: int) -> int:
+    """``quality`` as an int index, or a ValueError naming ``who`` decided (a client, a policy) and the chunk.
+
+    Both simulators (packet level here, chunk level in ``testbed.chunksim``) check every decision with it.
+    """
     if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 0 <= quality < n_levels:
         raise ValueError(
-            f"video client '{client}': the decision for chunk {chunk} returned {quality!r}; "
+            f"{who}: the decision for chunk {chunk} returned {quality!r}; "
             f"need an int quality index in [0, {n_levels})"
         )
     return int(quality)
@@ -122,7 +125,7 @@ class VideoComponent:
         self.last_observation: dict[str, AbrObservation] = {}
 
     def attach(self, sim) -> None:
-        ns, net = sim.ns, sim.net
+        net = sim.net
         pair_of = {c.name: j for j, c in enumerate(sim.config.all_video())}
         for config in self.configs:
             if config.name not in pair_of:
@@ -138,7 +141,7 @@ class VideoComponent:
                 )
             decide = self._decide[config.name] if config.name in self._decide else self._policy_decide(config)
             session = _Session(config, manifest, decide)
-            self._install(ns, net, net.video_pair(pair_of[config.name]), session)
+            self._install(sim, net.video_pair(pair_of[config.name]), session)
             self._sessions[config.name] = session
             self.clients[config.name] = session.client
             self.servers[config.name] = session.server
@@ -150,7 +153,8 @@ class VideoComponent:
         policy.reset()
         return policy.act
 
-    def _install(self, ns, net, pair: int, session: _Session) -> None:
+    def _install(self, sim, pair: int, session: _Session) -> None:
+        ns, net = sim.ns, sim.net
         config, manifest = session.config, session.manifest
         cc = ns.TypeIdValue(ns.TypeId.LookupByName(CC_TYPE_IDS["dctcp" if config.transport == "l4s" else "cubic"]))
         server = ns.CreateObject[ns.VideoServer]()
@@ -172,8 +176,9 @@ class VideoComponent:
             manifest.chunk_duration_s,
         )
         session.server, session.client = server, client
-        # Kept on the session: the C++ side holds only a reference to this callable.
-        session.hook = lambda: self._decide_next(session)
+        # Kept on the session: the C++ side holds only a reference to this callable. Once the run is
+        # stopping (a failed decision included) the guard answers quality 0, always valid, and the run ends.
+        session.hook = sim.guard(lambda: self._decide_next(session), fallback=0)
         client.SetDecisionHook(session.hook)
         net.receivers[pair].AddApplication(client)
         client.SetStartTime(ns.Seconds(config.start_s))
@@ -201,7 +206,8 @@ class VideoComponent:
         name = session.config.name
         obs = self.observe(name)
         self.last_observation[name] = obs
-        return check_quality(name, session.decide(obs), session.manifest.n_levels, obs.chunk_index)
+        return check_quality(f"video client '{name}'", session.decide(obs), session.manifest.n_levels,
+                             obs.chunk_index)
 
     def finish(self, sim) -> None:
         frames, summaries = [], {}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from agents.abr import BBA, AbrPolicy, BolaE, RateBased, RobustMPC
-from agents.abr.mpc import all_plans
+from agents.abr.mpc import all_plans, best_plan_index
 from agents.protocol.control_points import ABR_HISTORY, ABR_HORIZON, AbrObservation
 
 BITRATES_BPS = np.array([300e3, 750e3, 1200e3, 1850e3, 2850e3, 4300e3])
@@ -139,6 +139,40 @@ def test_mpc_horizon_shrinks_at_the_end_of_the_video():
     plans, _ = RobustMPC().plan_scores(obs, 3e6)
     assert plans.shape == (36, 2)
     assert 0 <= RobustMPC().act(obs) < 6
+
+
+def test_mpc_ties_go_to_the_first_plan_whatever_the_rounding():
+    # From 0.3 Mbps with one step ahead and no stall risk every quality scores 0.3 Mbps exactly (the bitrate gain
+    # is paid back as smoothness), but the float sums differ in the last bit: argmax picked quality 2.
+    obs = make_obs(buffer_s=40.0, throughputs_bps=[50e6] * 8, last_quality=0)
+    plans, scores = RobustMPC(horizon=1).plan_scores(obs, 50e6)
+    assert np.ptp(scores) < 1e-15 and int(np.argmax(scores)) == 2
+    assert RobustMPC(horizon=1).act(obs) == 0  # ours: the lowest of the tied plans
+    assert best_plan_index(np.array([0.1, 1.0, 1.0 - 1e-15, 0.5])) == 1
+    assert best_plan_index(np.array([0.1, 1.0, 1.0 - 1e-15, 0.5]), last=True) == 2  # Pensieve's >=
+    assert best_plan_index(np.array([0.1, 1.0 - 1e-6, 1.0])) == 2  # a real difference is no tie
+
+
+def test_mpc_published_variant_plans_with_the_next_chunks_sizes_and_pensieves_ties():
+    rng = np.random.default_rng(7)
+    video = rng.uniform(0.5, 1.5, size=(6, 48)) * (BITRATES_BPS * CHUNK_S / 8)[:, None]
+    obs = make_obs(buffer_s=8.0, throughputs_bps=[2e6] * 8, chunk_index=10)
+    obs.future_chunk_bytes = video[:, 10:15].T.copy()
+    ours = RobustMPC(chunk_bytes=video).plan_scores(obs, 2e6)[1]
+    np.testing.assert_allclose(ours, RobustMPC().plan_scores(obs, 2e6)[1])  # the table gives the same sizes
+    shifted = make_obs(buffer_s=8.0, throughputs_bps=[2e6] * 8, chunk_index=10)
+    shifted.future_chunk_bytes = video[:, 11:16].T.copy()
+    published = RobustMPC(published=True, chunk_bytes=video).plan_scores(obs, 2e6)[1]
+    np.testing.assert_allclose(published, RobustMPC().plan_scores(shifted, 2e6)[1])
+    # From the observation alone (over the wire) the variant sees 4 chunks ahead.
+    assert RobustMPC(published=True).plan_scores(obs, 2e6)[0].shape == (6**4, 4)
+    # Past the video's last chunk it plans with that chunk's sizes, from the table or the observation alone.
+    last = make_obs(throughputs_bps=[2e6] * 8, chunk_index=46)
+    last.future_chunk_bytes[:2] = video[:, 46:48].T
+    for mpc in (RobustMPC(published=True, chunk_bytes=video), RobustMPC(published=True)):
+        np.testing.assert_allclose(mpc._plan_sizes(last, 2), video[:, [47, 47]].T)
+    tie = make_obs(buffer_s=40.0, throughputs_bps=[50e6] * 8, last_quality=0)
+    assert RobustMPC(horizon=1, published=True).act(tie) == 5  # its plan loop's >= gives ties to the last plan
 
 
 def test_all_plans_are_distinct_and_complete():

@@ -164,3 +164,24 @@ def test_parse_info() -> None:
     assert parse_info("queue=3") == {"raw": "queue=3"}
     assert parse_info("[1, 2]") == {"raw": "[1, 2]"}
     assert parse_info("") == {}
+
+
+def test_connection_wait_has_its_own_limit() -> None:
+    # The first message may take a simulation's whole start-up; every later one only a step.
+    with OpenGymEnv(port=0, timeout_s=0.1, connect_timeout_s=1.0) as env:
+        start = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"within 1 s \(waiting for a simulation to connect"):
+            env.reset()
+        assert time.monotonic() - start >= 0.95
+    with pytest.raises(ValueError, match="connect_timeout_s must be > 0"):
+        OpenGymEnv(port=0, connect_timeout_s=0)
+
+
+def test_binding_beyond_loopback_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="agents.env"), OpenGymEnv(port=0, host="0.0.0.0", timeout_s=1):
+        pass
+    assert "listens on 0.0.0.0, beyond this machine" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="agents.env"), OpenGymEnv(port=0, host="127.0.0.1", timeout_s=1):
+        pass
+    assert caplog.text == ""

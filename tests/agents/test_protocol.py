@@ -18,7 +18,7 @@ from emulation.opengym import AgentStopped, ControlPointError, OpenGymInterface
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# From /work/shared/reference/ns3-gym-wire.md.
+# From docs/ns3-gym-wire.md.
 GOLDEN = {
     "sim_init": (
         "08d20910e8071a39080212350a27747970652e676f6f676c65617069732e636f6d2f6e73336f70656e67796d2e426f78"
@@ -262,6 +262,40 @@ def test_malformed_values_raise_protocol_error() -> None:
         codec.parse_env_act(b"", ACT3)
     with pytest.raises(codec.ProtocolError, match="without obsSpace"):
         codec.parse_sim_init(pb.SimInitMsg(simProcessId=1).SerializeToString())
+
+
+def _sim_init_with(obs_desc: pb.SpaceDescription) -> bytes:
+    msg = pb.SimInitMsg(simProcessId=1)
+    msg.obsSpace.CopyFrom(obs_desc)
+    msg.actSpace.CopyFrom(codec.space_to_description(spaces.Discrete(2)))
+    return msg.SerializeToString()
+
+
+def _box_desc(shape: list[int]) -> pb.SpaceDescription:
+    desc = pb.SpaceDescription(type=pb.Box)
+    desc.space.Pack(pb.BoxSpace(low=0.0, high=1.0, dtype=pb.DOUBLE, shape=shape))
+    return desc
+
+
+def test_spaces_a_peer_announces_are_capped_before_allocation() -> None:
+    # 1e11 float64 values would be 745 GiB: refused at once, by the size announced.
+    with pytest.raises(codec.ProtocolError, match=r"a Box of shape \[100000, 1000000\] takes the space beyond"):
+        codec.parse_sim_init(_sim_init_with(_box_desc([100000, 1000000])))
+    # Hostile dimensions whose product overflows 64 bits are caught too, and so are many small elements.
+    with pytest.raises(codec.ProtocolError, match="beyond 1048576 values"):
+        codec.parse_sim_init(_sim_init_with(_box_desc([2**32 - 1] * 3)))
+    many = pb.SpaceDescription(type=pb.Tuple)
+    many.space.Pack(pb.TupleSpace(element=[_box_desc([600])] * 2000))
+    with pytest.raises(codec.ProtocolError, match="beyond 1048576 values"):
+        codec.parse_sim_init(_sim_init_with(many))
+    deep = _box_desc([1])
+    for _ in range(codec.MAX_SPACE_DEPTH + 1):
+        outer = pb.SpaceDescription(type=pb.Tuple)
+        outer.space.Pack(pb.TupleSpace(element=[deep]))
+        deep = outer
+    with pytest.raises(codec.ProtocolError, match="nested deeper than 8 levels"):
+        codec.parse_sim_init(_sim_init_with(deep))
+    assert codec.parse_sim_init(_sim_init_with(_box_desc([1024, 1024]))).obs_space.shape == (1024, 1024)
 
 
 def test_undescribable_spaces_raise_protocol_error() -> None:

@@ -108,6 +108,8 @@ def test_capacity_integrates_the_floored_trace_with_wrap_or_hold():
 
 
 def test_trace_faster_than_the_access_links_is_rejected():
-    sim = types.SimpleNamespace(config=SimulationConfig(name="x", bottleneck=BottleneckConfig(rate_mbps=1.0)))
+    config = SimulationConfig(name="x", bottleneck=BottleneckConfig(rate_mbps=1.0),
+                              flows=[FlowConfig(name="bulk", kind="classic")])
+    sim = types.SimpleNamespace(config=config)
     with pytest.raises(ValueError, match="raise bottleneck.rate_mbps to at least 5.00"):
         TraceDrivenLink(constant_trace(50.0)).attach(sim)

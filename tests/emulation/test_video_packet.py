@@ -237,10 +237,13 @@ def test_transport_selects_the_dualpi2_queue(ns, tmp_path, transport):
         assert counts["L"] == 0 and counts["C"] > 0
 
 
-def test_invalid_quality_names_the_client(ns, tmp_path):
+def test_invalid_quality_names_the_client_and_keeps_the_chunks_before(ns, tmp_path):
     client = VideoClientConfig(name="bad-abr", n_chunks=3)
-    with pytest.raises(ValueError, match=r"video client 'bad-abr'.*chunk 1 returned 7"):
+    with pytest.raises(ValueError) as err:
         run(ns, tmp_path, constant_trace(5.0, 20.0), [client], 8.0, decide={"bad-abr": lambda obs: 7})
+    # The decision hook's error stops the run at the C++ boundary: its own message, not one wrapped by cppyy.
+    assert str(err.value).startswith("video client 'bad-abr': the decision for chunk 1 returned 7")
+    assert pd.read_parquet(tmp_path / "video.parquet")["chunk"].tolist() == [0]
 
 
 def test_config_manifest_is_video1_cut_to_n_chunks():

@@ -9,27 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from agents.decisions import SCHEMA
 from agents.protocol.control_points import AbrObservation, AqmObservation
 
 N_LEVELS = 4
 BITRATES_BPS = np.array([300e3, 750e3, 1850e3, 4300e3])
-
-SCHEMA = pa.schema(
-    [
-        ("control_point", pa.string()),
-        ("step", pa.int64()),
-        ("sim_time_s", pa.float64()),
-        ("policy", pa.string()),
-        ("role", pa.string()),
-        ("obs", pa.list_(pa.float64())),
-        ("action", pa.list_(pa.float64())),
-        ("reward", pa.float64()),
-        ("decision_ms", pa.float64()),
-        ("fallback", pa.bool_()),
-        ("done", pa.bool_()),
-        ("info", pa.string()),
-    ]
-)
 
 
 def write_decisions(path: Path, control: str, obs_fields: list[str], rows: list[dict], acting: str = "expert") -> Path:

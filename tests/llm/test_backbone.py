@@ -53,6 +53,15 @@ def test_tiny_backbone_is_reproducible_per_seed(tmp_path):
         bb.tiny_backbone_dir(tmp_path / "d", arch="bert")
 
 
+def test_llm_and_native_build_share_one_cache_folder(monkeypatch, tmp_path):
+    from emulation.native import build
+
+    monkeypatch.setenv("TESTBED_CACHE", str(tmp_path / "env"))
+    assert bb.cache_root() == build.cache_root() == tmp_path / "env"
+    monkeypatch.delenv("TESTBED_CACHE")
+    assert bb.cache_root() == build.cache_root()
+
+
 def test_cache_root_follows_argument_then_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("TESTBED_CACHE", str(tmp_path / "env"))
     assert bb.cache_root() == tmp_path / "env"

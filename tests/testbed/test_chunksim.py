@@ -111,7 +111,7 @@ def test_policy_sees_the_client_observation():
 
 
 def test_bad_quality_is_reported():
-    with pytest.raises(ValueError, match="fixed-9 chose quality 9 for chunk 1"):
+    with pytest.raises(ValueError, match="policy fixed-9: the decision for chunk 1 returned 9"):
         simulate_session(Fixed(9), constant_trace(3.0), FLAT_VIDEO)
 
 
@@ -151,10 +151,10 @@ def test_evaluate_and_cli(tmp_path, capsys):
     assert len(video) == 96 and set(video["client"]) == {"synthetic-1", "synthetic-2"}
     assert len(pd.read_parquet(tmp_path / "e" / "bba" / "decisions.parquet")) == 96
 
-    assert main(["--policy", "bba,mpc", "--limit", "1", "--out", str(tmp_path / "cli")]) == 0
+    assert main(["--policy", "bba,mpc,mpc-published", "--limit", "1", "--out", str(tmp_path / "cli")]) == 0
     out = capsys.readouterr().out
-    assert "mpc" in out and "bba" in out and "qoe_lin" in out
-    assert len(pd.read_parquet(tmp_path / "cli" / "evaluation.parquet")) == 2
+    assert "mpc" in out and "bba" in out and "mpc-published" in out and "qoe_lin" in out
+    assert len(pd.read_parquet(tmp_path / "cli" / "evaluation.parquet")) == 3
     with pytest.raises(SystemExit):
         main(["--policy", "nope"])
 

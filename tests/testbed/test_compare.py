@@ -108,7 +108,9 @@ def _run_processes(marker: str) -> list[psutil.Process]:
     return found
 
 
-def test_ctrl_c_stops_every_run_process(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_stops_every_run_process(tmp_path, sig):
     out = tmp_path / "cmp"
     cmd = [sys.executable, "-m", "testbed", "compare", "l4s-coexistence", "--policies", "aqm=pi2", "--seeds", "1..3",
            "--duration", "30", "--jobs", "2", "--out", str(out)]
@@ -120,12 +122,12 @@ def test_ctrl_c_stops_every_run_process(tmp_path):
         while len(_run_processes(str(out))) < 4 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
         assert len(_run_processes(str(out))) == 4, "two simulations with their agents should be running"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         output, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, output
+    assert proc.returncode == 128 + sig, output
     psutil.wait_procs(_run_processes(str(out)), timeout=5)
     assert _run_processes(str(out)) == []
     started = [read_json(p) for p in out.rglob("status.json")]
@@ -134,6 +136,7 @@ def test_ctrl_c_stops_every_run_process(tmp_path):
     assert len(plan(specs).to_run) == 3  # interrupted and never-started runs both run on resume
 
 
+@pytest.mark.slow
 def test_ray_backend_on_a_local_instance(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray", reason="the ray backend needs the cluster extra")
     monkeypatch.setenv("TESTBED_LLM_BACKBONE", "tiny")  # takes the path that forwards agent settings to tasks
