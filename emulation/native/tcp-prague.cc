@@ -52,10 +52,17 @@ TcpPrague::GetTypeId()
                           MakeDoubleAccessor(&TcpPrague::m_g),
                           MakeDoubleChecker<double>(0, 1))
             .AddAttribute("AlphaOnInit",
-                          "alpha until the first CE mark (dimensionless, 1 = halve at the first mark).",
-                          DoubleValue(1.0),
+                          "Initial alpha, kept until the first CE mark (dimensionless).",
+                          DoubleValue(0.0),
                           MakeDoubleAccessor(&TcpPrague::m_alphaOnInit),
                           MakeDoubleChecker<double>(0, 1))
+            .AddAttribute("HalveAtFirstMark",
+                          "Halve cwnd at the connection's first CE mark, a classic exit from slow "
+                          "start, then respond with alpha from AlphaOnInit (Linux "
+                          "prague_alpha_mode 0; false with AlphaOnInit 1 is mode 1).",
+                          BooleanValue(true),
+                          MakeBooleanAccessor(&TcpPrague::m_halveAtFirstMark),
+                          MakeBooleanChecker())
             .AddAttribute("TargetRtt",
                           "RTT independence: below this RTT (s) the flow grows, updates alpha and "
                           "reduces as if its RTT were this; 0 turns RTT independence off.",
@@ -77,6 +84,12 @@ TcpPrague::GetTypeId()
                           UintegerValue(100),
                           MakeUintegerAccessor(&TcpPrague::m_pacingCaRatio),
                           MakeUintegerChecker<uint16_t>(1))
+            .AddAttribute("PaceInitialWindow",
+                          "Pace the initial window too, at the slow-start ratio of the handshake "
+                          "RTT (as the L4S Linux tree's net.ipv4.tcp_pace_iw).",
+                          BooleanValue(true),
+                          MakeBooleanAccessor(&TcpPrague::m_paceInitialWindow),
+                          MakeBooleanChecker())
             .AddAttribute("ClassicEcn",
                           "Classic ECN bottleneck handling: Off, Detect (trace only), or "
                           "Fallback (respond to ECN classically once detected).",
@@ -116,14 +129,16 @@ TcpPrague::GetTypeId()
 TcpPrague::TcpPrague()
     : m_useEct0(false),
       m_g(1.0 / 16),
-      m_alphaOnInit(1.0),
+      m_alphaOnInit(0.0),
+      m_halveAtFirstMark(true),
       m_targetRtt(MilliSeconds(25)),
       m_transitionRounds(4),
       m_pacingSsRatio(200),
       m_pacingCaRatio(100),
+      m_paceInitialWindow(true),
       m_classicMode(CLASSIC_ECN_FALLBACK),
       m_classicAlpha(0.625),
-      m_alpha(1.0),
+      m_alpha(0.0),
       m_classicEcn(0.0)
 {
     NS_LOG_FUNCTION(this);
@@ -135,10 +150,12 @@ TcpPrague::TcpPrague(const TcpPrague& sock)
       m_useEct0(sock.m_useEct0),
       m_g(sock.m_g),
       m_alphaOnInit(sock.m_alphaOnInit),
+      m_halveAtFirstMark(sock.m_halveAtFirstMark),
       m_targetRtt(sock.m_targetRtt),
       m_transitionRounds(sock.m_transitionRounds),
       m_pacingSsRatio(sock.m_pacingSsRatio),
       m_pacingCaRatio(sock.m_pacingCaRatio),
+      m_paceInitialWindow(sock.m_paceInitialWindow),
       m_classicMode(sock.m_classicMode),
       m_classicAlpha(sock.m_classicAlpha),
       m_alpha(sock.m_alphaOnInit),
@@ -170,6 +187,7 @@ TcpPrague::Init(Ptr<TcpSocketState> tcb)
     tcb->m_ecnMode = TcpSocketState::DctcpEcn;
     tcb->m_ectCodePoint = m_useEct0 ? TcpSocketState::Ect0 : TcpSocketState::Ect1;
     tcb->m_pacing = true;
+    tcb->m_paceInitialWindow = m_paceInitialWindow;
     tcb->m_pacingSsRatio = m_pacingSsRatio;
     tcb->m_pacingCaRatio = m_pacingCaRatio;
 }
@@ -263,6 +281,15 @@ TcpPrague::CongControl(Ptr<TcpSocketState> tcb,
     {
         m_markedBytes += acked;
         m_totalMarkedBytes += acked;
+        if (!m_sawCe && m_halveAtFirstMark)
+        {
+            // The first mark ends slow start like a classic flow's; alpha,
+            // from AlphaOnInit, answers the marks that follow.
+            double before = m_fracCwnd;
+            m_fracCwnd = std::max(MIN_CWND_SEGMENTS, m_fracCwnd / 2);
+            NS_LOG_INFO("first CE mark: cwnd " << before << " -> " << m_fracCwnd << " segments");
+            m_reductionTrace(ECN_REDUCTION, before, m_fracCwnd, 1.0);
+        }
         m_sawCe = true;
     }
     UpdateCwnd(tcb, marked ? 0 : acked, rc.m_appLimited != 0);
@@ -406,11 +433,14 @@ TcpPrague::ReduceOnEcn(Ptr<const TcpSocketState> tcb)
     {
         alpha = std::max(alpha, m_classicAlpha * m_classicEcn.Get());
     }
-    double before = m_fracCwnd;
-    m_fracCwnd = std::max(MIN_CWND_SEGMENTS, m_fracCwnd * (1 - alpha / 2));
-    NS_LOG_INFO("ECN reduction: cwnd " << before << " -> " << m_fracCwnd << " segments, alpha "
-                                       << alpha);
-    m_reductionTrace(ECN_REDUCTION, before, m_fracCwnd, alpha);
+    if (alpha > 0)
+    {
+        double before = m_fracCwnd;
+        m_fracCwnd = std::max(MIN_CWND_SEGMENTS, m_fracCwnd * (1 - alpha / 2));
+        NS_LOG_INFO("ECN reduction: cwnd " << before << " -> " << m_fracCwnd
+                                           << " segments, alpha " << alpha);
+        m_reductionTrace(ECN_REDUCTION, before, m_fracCwnd, alpha);
+    }
     const uint32_t seg = tcb->m_segmentSize;
     return std::max<uint32_t>(2 * seg, static_cast<uint32_t>(m_fracCwnd * seg));
 }
@@ -438,7 +468,10 @@ TcpPrague::CongestionStateSet(Ptr<TcpSocketState> tcb,
         m_lossSsThreshPending = true;
         break;
     case TcpSocketState::CA_OPEN:
+        // Also the connection's start: the handshake gave an RTT sample, so the
+        // initial window goes out paced.
         m_inLoss = false;
+        UpdatePacingRate(tcb);
         break;
     default:
         break;

@@ -10,9 +10,14 @@
  *  - RTT independence: below TargetRtt the additive increase is scaled by
  *    (srtt/TargetRtt)^2 and alpha and the reductions run once per TargetRtt,
  *    so every flow behaves as if its RTT were max(RTT, TargetRtt);
- *  - pacing at cwnd/srtt times a ratio (200 % in slow start, 100 % after);
+ *  - pacing at cwnd/srtt times a ratio (200 % in slow start, 100 % after),
+ *    from the initial window on;
  *  - a fractional window that moves by one segment per ACK towards its
  *    target, and grows on every unmarked ACK (also in CWR);
+ *  - slow start paced at 200 % from the initial window, ended by the first CE
+ *    mark with a halving, after which alpha starts from 0: one classic exit
+ *    from slow start, then scalable responses (Linux's default alpha mode), so
+ *    a long-RTT flow does not collapse under repeated alpha ~ 1 cuts;
  *  - classic fallback: a Reno halving on loss, and detection of a classic ECN
  *    bottleneck (a standing queue of several ms) that switches the ECN
  *    response to a classic one.
@@ -133,10 +138,12 @@ class TcpPrague : public TcpCongestionOps
     bool m_useEct0;              //!< mark ECT(0) instead of ECT(1)
     double m_g;                  //!< EWMA gain of alpha
     double m_alphaOnInit;        //!< alpha before the first CE mark
+    bool m_halveAtFirstMark;     //!< halve cwnd at the first CE mark
     Time m_targetRtt;            //!< RTT independence target; zero turns it off
     uint32_t m_transitionRounds; //!< rounds after slow start before RTT independence
     uint16_t m_pacingSsRatio;    //!< pacing ratio in slow start, percent
     uint16_t m_pacingCaRatio;    //!< pacing ratio after slow start, percent
+    bool m_paceInitialWindow;    //!< pace the initial window
     ClassicEcn_t m_classicMode;  //!< classic ECN detection / fallback
     double m_classicAlpha;       //!< alpha floor under full classic fallback
 

@@ -132,7 +132,7 @@ def test_alpha_is_the_ewma_of_the_marked_fraction_per_round(fresh_sim):
     window, g = 10, 1 / 16
     # Without RTT independence alpha is updated once per round.
     clock = AckClock(ns, 0.05, window, ssthresh_segs=window, flight_segs=window,
-                     TargetRtt=ns.TimeValue(ns.Seconds(0)))
+                     TargetRtt=ns.TimeValue(ns.Seconds(0)), AlphaOnInit=ns.DoubleValue(1.0))
     fractions = [0.0, 0.5, 0.0, 0.2, 1.0, 0.0, 0.3]
     alpha, seen_ce, expected = 1.0, False, []
     for fraction in fractions:
@@ -150,7 +150,7 @@ def test_alpha_is_the_ewma_of_the_marked_fraction_per_round(fresh_sim):
 
 def test_below_the_target_rtt_alpha_is_updated_once_per_target_rtt(fresh_sim):
     ns = fresh_sim
-    clock = AckClock(ns, 0.005, 20, ssthresh_segs=20, AlphaOnInit=ns.DoubleValue(0.0))
+    clock = AckClock(ns, 0.005, 20, ssthresh_segs=20)
     clock.run_for(0.1)  # 20 rounds: past the transition to RTT independence
     clock.run_for(0.1, marked=lambda: True)  # every segment marked: alpha = 1 - (1 - g)^updates
     updates = math.log(1 - clock.cc.GetAlpha()) / math.log(1 - 1 / 16)
@@ -158,9 +158,26 @@ def test_below_the_target_rtt_alpha_is_updated_once_per_target_rtt(fresh_sim):
     assert 3 <= round(updates) <= 4
 
 
+def test_the_first_mark_halves_cwnd_then_alpha_from_zero_answers(fresh_sim):
+    ns = fresh_sim
+    clock = AckClock(ns, 0.05, 100)  # slow start
+    assert clock.cc.GetAlpha() == 0.0
+    clock.ack(marked=True)
+    assert clock.cc.GetFracCwnd() == pytest.approx(50)  # a classic exit from slow start
+    assert clock.cwnd == 99 and clock.ssthresh == 99 * SEG  # no more slow start
+    for _ in range(200):  # leave CWR; alpha has only learnt that 1 segment in ~100 was marked
+        clock.ack()
+    alpha = clock.cc.GetAlpha()
+    assert 0 < alpha < 0.001
+    before = clock.cc.GetFracCwnd()
+    clock.ack(marked=True)
+    assert clock.cc.GetFracCwnd() == pytest.approx(before * (1 - alpha / 2))
+
+
 def test_a_mark_cuts_cwnd_by_alpha_over_two_one_segment_per_ack(fresh_sim):
     ns = fresh_sim
-    clock = AckClock(ns, 0.05, 100, ssthresh_segs=50, AlphaOnInit=ns.DoubleValue(0.4))
+    clock = AckClock(ns, 0.05, 100, ssthresh_segs=50, AlphaOnInit=ns.DoubleValue(0.4),
+                     HalveAtFirstMark=ns.BooleanValue(False))
     clock.ack(marked=True)
     target = 100 * (1 - 0.4 / 2)
     assert clock.cc.GetFracCwnd() == pytest.approx(target)
@@ -178,7 +195,7 @@ def test_a_mark_cuts_cwnd_by_alpha_over_two_one_segment_per_ack(fresh_sim):
 
 def test_marked_acks_do_not_grow_the_window(fresh_sim):
     ns = fresh_sim
-    clock = AckClock(ns, 0.05, 10, ssthresh_segs=5, AlphaOnInit=ns.DoubleValue(0.0))  # alpha 0: no cut
+    clock = AckClock(ns, 0.05, 10, ssthresh_segs=5, HalveAtFirstMark=ns.BooleanValue(False))  # alpha 0: no cut
     clock.ack(2, marked=True)
     clock.ack(2, marked=True)
     assert clock.cc.GetFracCwnd() == pytest.approx(10)
@@ -188,7 +205,8 @@ def test_marked_acks_do_not_grow_the_window(fresh_sim):
 
 def test_rtt_independent_cuts_come_at_most_once_per_target_rtt(fresh_sim):
     ns = fresh_sim
-    clock = AckClock(ns, 0.005, 40, ssthresh_segs=40, AlphaOnInit=ns.DoubleValue(0.5))
+    clock = AckClock(ns, 0.005, 40, ssthresh_segs=40, AlphaOnInit=ns.DoubleValue(0.5),
+                     HalveAtFirstMark=ns.BooleanValue(False))
     clock.run_for(0.2)  # 40 rounds of 5 ms: past the 4 transition rounds
     assert clock.cc.IsRttIndependent(clock.tcb_ptr)
 
@@ -267,8 +285,8 @@ def test_pacing_rate_is_cwnd_over_srtt_times_the_ratio(fresh_sim):
 
 def test_a_standing_queue_switches_the_ecn_response_to_classic_and_back(fresh_sim):
     ns = fresh_sim
-    clock = AckClock(ns, 0.02, 20, ssthresh_segs=20, AlphaOnInit=ns.DoubleValue(0.1))
-    clock.ack(marked=True)  # one mark: evidence of an AQM, so the rounds are scored
+    clock = AckClock(ns, 0.02, 40, ssthresh_segs=40, AlphaOnInit=ns.DoubleValue(0.1))
+    clock.ack(marked=True)  # one mark (halving cwnd): evidence of an AQM, so rounds are scored
     clock.run_for(0.3)  # an L4S queue: the RTT stays at its 20 ms minimum
     assert clock.cc.GetClassicEcn() == 0.0
     clock.set_rtt(0.035)
