@@ -47,7 +47,7 @@ from emulation.video.manifest import default_manifest
 from emulation.video.traces import DEFAULT_TRACE_DIR, TraceError, load_trace_set, trace_set_dir
 from testbed.chunksim import POLICIES, evaluate
 from testbed.runner import run_config
-from testbed.scenario import list_scenarios, load_scenario
+from testbed.scenario import list_scenarios, load_scenario, read_scenario_data
 
 #: Published L4S:Classic throughput ratios, Prague vs Cubic over Linux DualPI2 at 50 Mbps.
 REFERENCE_RATIO = {10: 2.7, 20: 2.1, 80: 1.7}
@@ -126,13 +126,25 @@ def run_all(runs: list[Run], jobs: int) -> list[Outcome]:
         return list(pool.map(lambda run: execute(run, Path(tmp)), runs))
 
 
-def _flows(*groups: tuple[str, str, int, float]) -> list[dict]:
-    """Flow entries from (name, kind, count, rtt_ms) groups."""
-    return [{"name": name, "kind": kind, "count": count, "rtt_ms": rtt} for name, kind, count, rtt in groups]
+def each_sender(section: str, case: str, seeds: int, overrides: dict, **options) -> list[Run]:
+    """The runs of one case: every L4S sender, every seed, on the same scenario."""
+    return [Run(section, case, cc, seed, overrides=overrides, **options)
+            for cc in L4S_CCS for seed in range(1, seeds + 1)]
+
+
+def dumbbell(duration_s: float, warmup_s: float, rate_mbps: float, *groups: tuple[str, str, int, float]) -> dict:
+    """Overrides of l4s-coexistence: its DualPI2 dumbbell with flows from (name, kind, count, rtt_ms) groups."""
+    return {"duration_s": duration_s, "probes.warmup_s": warmup_s, "bottleneck.rate_mbps": rate_mbps,
+            "flows": [{"name": name, "kind": kind, "count": count, "rtt_ms": rtt} for name, kind, count, rtt in groups]}
+
+
+def _numbers(values) -> list[float]:
+    """The defined values (summary.json stores an undefined ratio as null)."""
+    return [float(v) for v in values if v is not None and not math.isnan(v)]
 
 
 def _mean(values) -> float:
-    values = [v for v in values if not math.isnan(v)]
+    values = _numbers(values)
     return statistics.mean(values) if values else math.nan
 
 
@@ -150,13 +162,14 @@ def _rates(outcome: Outcome, kind: str) -> list[float]:
 def _row(outcomes: list[Outcome]) -> dict:
     """Seed-averaged headline numbers of one case and sender."""
     s = [o.summary for o in outcomes]
-    l_rates = [r for o in outcomes for r in _rates(o, "l4s")]
-    c_rates = [r for o in outcomes for r in _rates(o, "classic")]
+    ratios = _numbers(x["l_c_ratio"] for x in s)
+    l_rates = _numbers(r for o in outcomes for r in _rates(o, "l4s"))
+    c_rates = _numbers(r for o in outcomes for r in _rates(o, "classic"))
     return {
         "case": outcomes[0].run.case, "cc": outcomes[0].run.cc, "seeds": len(outcomes),
-        "l_c_ratio": _mean(x["l_c_ratio"] for x in s),
-        "l_c_ratio_min": min((x["l_c_ratio"] for x in s), default=math.nan),
-        "l_c_ratio_max": max((x["l_c_ratio"] for x in s), default=math.nan),
+        "l_c_ratio": _mean(ratios),
+        "l_c_ratio_min": min(ratios, default=math.nan),
+        "l_c_ratio_max": max(ratios, default=math.nan),
         "jain_index": _mean(x["jain_index"] for x in s),
         "l_mbps": _mean(l_rates), "l_mbps_min": min(l_rates, default=math.nan), "l_mbps_max": max(l_rates, default=math.nan),
         "c_mbps": _mean(c_rates), "c_mbps_min": min(c_rates, default=math.nan), "c_mbps_max": max(c_rates, default=math.nan),
@@ -179,12 +192,8 @@ def plan_rtt_fairness(seeds: int, quick: bool) -> list[Run]:
     for rtt in REFERENCE_RATIO:
         long_rtt = rtt >= 50
         duration, warmup = ((40, 20) if long_rtt else (20, 8)) if quick else ((90, 40) if long_rtt else (30, 10))
-        for cc in L4S_CCS:
-            for seed in range(1, seeds + 1):
-                runs.append(Run("rtt-fairness", f"{rtt} ms", cc, seed, overrides={
-                    "duration_s": duration, "probes.warmup_s": warmup, "bottleneck.rate_mbps": 50,
-                    "flows": _flows(("l4s", "l4s", 1, rtt), ("classic", "classic", 1, rtt))},
-                    fair_share_mbps=25.0 if long_rtt else None))
+        overrides = dumbbell(duration, warmup, 50, ("l4s", "l4s", 1, rtt), ("classic", "classic", 1, rtt))
+        runs += each_sender("rtt-fairness", f"{rtt} ms", seeds, overrides, fair_share_mbps=25.0 if long_rtt else None)
     return runs
 
 
@@ -223,11 +232,7 @@ def plan_rq3(seeds: int, quick: bool) -> list[Run]:
     runs = []
     for case, (n_l, n_c) in RQ3_CASES.items():
         groups = [("l4s", "l4s", n_l, 20)] + ([("classic", "classic", n_c, 20)] if n_c else [])
-        for cc in L4S_CCS:
-            for seed in range(1, seeds + 1):
-                runs.append(Run("rq3", case, cc, seed, overrides={
-                    "duration_s": duration, "probes.warmup_s": warmup, "bottleneck.rate_mbps": 100,
-                    "flows": _flows(*groups)}))
+        runs += each_sender("rq3", case, seeds, dumbbell(duration, warmup, 100, *groups))
     return runs
 
 
@@ -258,11 +263,8 @@ def plan_rtt_independence(seeds: int, quick: bool) -> list[Run]:
     for case, (rate, l_rtt, c_rtt, count) in RTT_INDEPENDENCE_CASES.items():
         long_rtt = max(l_rtt, c_rtt) >= 50
         duration, warmup = ((30, 12) if quick else (60, 20)) if long_rtt else ((15, 5) if quick else (30, 10))
-        for cc in L4S_CCS:
-            for seed in range(1, seeds + 1):
-                runs.append(Run("rtt-independence", case, cc, seed, overrides={
-                    "duration_s": duration, "probes.warmup_s": warmup, "bottleneck.rate_mbps": rate,
-                    "flows": _flows(("l4s", "l4s", count, l_rtt), ("classic", "classic", count, c_rtt))}))
+        runs += each_sender("rtt-independence", case, seeds, dumbbell(
+            duration, warmup, rate, ("l4s", "l4s", count, l_rtt), ("classic", "classic", count, c_rtt)))
     return runs
 
 
@@ -281,19 +283,21 @@ def report_rtt_independence(outcomes: list[Outcome]) -> list[dict]:
 
 
 def catalogue_scenarios() -> list[str]:
-    """Catalogue scenarios that carry L4S traffic through a DualPI2 bottleneck."""
+    """Catalogue scenarios that carry L4S traffic through a DualPI2 bottleneck (read as data)."""
     names = []
-    for name in list_scenarios():
-        config = load_scenario(name)
-        l4s = any(f.kind == "l4s" for f in config.all_flows()) or any(v.transport == "l4s" for v in config.video)
-        if l4s and config.bottleneck.queue.type == "dualpi2":
+    for name, path in list_scenarios().items():
+        data = read_scenario_data(path)
+        queue = (data.get("bottleneck") or {}).get("queue") or {}
+        l4s = any(f.get("kind") == "l4s" for f in data.get("flows") or []) or any(
+            v.get("transport") == "l4s" for v in data.get("video") or [])
+        if l4s and queue.get("type", "dualpi2") == "dualpi2":
             names.append(name)
     return names
 
 
 def plan_catalogue(seeds: int, quick: bool) -> list[Run]:
-    return [Run("catalogue", name, cc, seed, scenario=name, max_duration_s=20 if quick else None)
-            for name in catalogue_scenarios() for cc in L4S_CCS for seed in range(1, seeds + 1)]
+    return [run for name in catalogue_scenarios()
+            for run in each_sender("catalogue", name, seeds, {}, scenario=name, max_duration_s=20 if quick else None)]
 
 
 def report_catalogue(outcomes: list[Outcome]) -> list[dict]:
