@@ -184,6 +184,13 @@ def _fmt(value: float, spec: str = ".2f") -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def _spread(row: dict, key: str) -> str:
+    """'mean (min-max)' of a rate, or '-' when the case has no such flows."""
+    if math.isnan(row[key]):
+        return "-"
+    return f"{row[key]:.1f} ({row[key + '_min']:.1f}-{row[key + '_max']:.1f})"
+
+
 # --- sections: each returns its runs and a report over their outcomes ---------------------------
 
 
@@ -243,9 +250,8 @@ def report_rq3(outcomes: list[Outcome]) -> list[dict]:
     rows = []
     for (case, cc), group in _by_case(outcomes).items():
         row = _row(group)
-        lr = f"{_fmt(row['l_mbps'], '.1f')} ({_fmt(row['l_mbps_min'], '.1f')}-{_fmt(row['l_mbps_max'], '.1f')})"
-        cr = f"{_fmt(row['c_mbps'], '.1f')} ({_fmt(row['c_mbps_min'], '.1f')}-{_fmt(row['c_mbps_max'], '.1f')})"
-        print(f"{case:<22} {cc:>7} {row['jain_index']:>6.3f} {lr:>20} {cr:>20} {_fmt(row['l_c_ratio']):>6} "
+        print(f"{case:<22} {cc:>7} {row['jain_index']:>6.3f} {_spread(row, 'l_mbps'):>20} "
+              f"{_spread(row, 'c_mbps'):>20} {_fmt(row['l_c_ratio']):>6} "
               f"{row['l_p99_ms']:>9.2f}")
         rows.append(row)
     return rows
