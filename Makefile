@@ -48,7 +48,7 @@ bench: setup
 	$(PY) -m benchmarks.bench_wire
 
 validate: setup
-	$(PY) -m benchmarks.validate
+	$(PY) -m benchmarks.validate $(ARGS)
 
 proto: setup
 	$(PY) -m agents.protocol.regen

@@ -39,8 +39,12 @@ QUEUE_TYPE_IDS: dict[str, str] = {
     "fifo": "ns3::FifoQueueDisc",
 }
 
+#: Congestion controls of L4S (ECT(1)) flows; the first is the default.
+L4S_CCS = ("prague", "dctcp")
+
 #: ns-3 TypeId of each TCP congestion control.
 CC_TYPE_IDS: dict[str, str] = {
+    "prague": "ns3::TcpPrague",  # TCP Prague, the L4S sender (RFC 9331 Appendix A)
     "dctcp": "ns3::TcpDctcpRfc8257",  # DCTCP with the RFC 8257 loss response
     "cubic": "ns3::TcpCubic",
     "newreno": "ns3::TcpNewReno",
@@ -72,9 +76,9 @@ class BottleneckConfig(_Strict):
 
 class FlowConfig(_Strict):
     name: Name
-    #: l4s: DCTCP marking ECT(1); classic: Cubic/NewReno, ECN optional; udp: constant bit rate
+    #: l4s: Prague (default) or DCTCP marking ECT(1); classic: Cubic/NewReno, ECN optional; udp: constant bit rate
     kind: Literal["l4s", "classic", "udp"]
-    cc: Literal["dctcp", "cubic", "newreno"] | None = None
+    cc: Literal["prague", "dctcp", "cubic", "newreno"] | None = None
     ecn: bool = False
     #: base round-trip time of the flow's path
     rtt_ms: float = Field(10.0, gt=0)
@@ -90,13 +94,13 @@ class FlowConfig(_Strict):
     @model_validator(mode="after")
     def _check_kind(self) -> FlowConfig:
         if self.kind == "l4s":
-            if self.cc not in (None, "dctcp"):
-                raise ValueError(f"flow '{self.name}': an l4s flow uses cc 'dctcp', not '{self.cc}'")
-            self.cc = "dctcp"
+            if self.cc not in (None, *L4S_CCS):
+                raise ValueError(f"flow '{self.name}': an l4s flow uses cc {' or '.join(L4S_CCS)}, not '{self.cc}'")
+            self.cc = self.cc or L4S_CCS[0]
             self.ecn = True
         elif self.kind == "classic":
-            if self.cc == "dctcp":
-                raise ValueError(f"flow '{self.name}': a classic flow cannot use dctcp (use kind: l4s)")
+            if self.cc in L4S_CCS:
+                raise ValueError(f"flow '{self.name}': a classic flow cannot use {self.cc} (use kind: l4s)")
             self.cc = self.cc or "cubic"
         else:
             if self.rate_mbps is None:
@@ -116,8 +120,10 @@ class VideoClientConfig(_Strict):
 
     name: Name
     count: int = Field(1, ge=1, le=64)
-    #: classic: Cubic (Not-ECT, C queue); l4s: DCTCP with ECT(1) (L queue)
+    #: classic: Cubic (Not-ECT, C queue); l4s: ECT(1) (L queue) with ``cc``
     transport: Literal["classic", "l4s"] = "classic"
+    #: congestion control of an l4s transport: prague (default) or dctcp
+    cc: Literal["prague", "dctcp"] | None = None
     rtt_ms: float = Field(80.0, gt=0)
     start_s: float = Field(0.0, ge=0)
     #: directory of video_size_* files; None = the shipped video1
@@ -128,6 +134,17 @@ class VideoClientConfig(_Strict):
     start_quality: int = Field(1, ge=0)
     #: play only the first N chunks (None = the whole manifest)
     n_chunks: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check_cc(self) -> VideoClientConfig:
+        if self.transport == "classic" and self.cc is not None:
+            raise ValueError(f"video client '{self.name}': cc {self.cc} needs transport: l4s (classic video uses Cubic)")
+        return self
+
+    @property
+    def congestion_control(self) -> str:
+        """Key of CC_TYPE_IDS this client's sessions use."""
+        return (self.cc or L4S_CCS[0]) if self.transport == "l4s" else "cubic"
 
     def expanded(self) -> list[VideoClientConfig]:
         if self.count == 1:

@@ -2,7 +2,7 @@
 and the bottleneck between them.
 
 Per-flow nodes let each flow keep its own TCP congestion control on both
-ends (a DCTCP receiver must run DCTCP's ECE logic) and its own base RTT,
+ends (a Prague or DCTCP receiver must run their ECE logic) and its own base RTT,
 set on the sender's access link. The bottleneck queue disc is installed
 before addresses are assigned (or ns-3 puts FqCoDel there) and the device
 queue holds one packet, so the backlog sits where the AQM sees it.
@@ -125,7 +125,7 @@ def create_queue_disc(ns, queue_type: str, params: dict):
 def build_dumbbell(ns, config: SimulationConfig) -> Dumbbell:
     # One pair per bulk flow, then one per video client: (base RTT, congestion control).
     pairs = [(f.rtt_ms, f.cc or "cubic") for f in config.all_flows()]
-    pairs += [(v.rtt_ms, "dctcp" if v.transport == "l4s" else "cubic") for v in config.all_video()]
+    pairs += [(v.rtt_ms, v.congestion_control) for v in config.all_video()]
     bn = config.bottleneck
     rate_bps = bn.rate_mbps * 1e6
     access_rate = ns.DataRate(int(rate_bps * ACCESS_SPEEDUP))

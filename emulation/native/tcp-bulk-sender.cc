@@ -3,14 +3,12 @@
  */
 #include "tcp-bulk-sender.h"
 
+#include "tcp-transport.h"
+
 #include "ns3/boolean.h"
 #include "ns3/log.h"
-#include "ns3/object-factory.h"
 #include "ns3/packet.h"
-#include "ns3/tcp-congestion-ops.h"
 #include "ns3/tcp-l4-protocol.h"
-#include "ns3/tcp-socket-base.h"
-#include "ns3/type-id.h"
 #include "ns3/uinteger.h"
 
 namespace ns3
@@ -33,17 +31,17 @@ TcpBulkSender::GetTypeId()
                           MakeAddressAccessor(&TcpBulkSender::m_remote),
                           MakeAddressChecker())
             .AddAttribute("CongestionControl",
-                          "TypeId of the TcpCongestionOps of this flow (e.g. ns3::TcpDctcp).",
+                          "TypeId of the TcpCongestionOps of this flow (e.g. ns3::TcpPrague, ns3::TcpCubic).",
                           TypeIdValue(TypeId::LookupByName("ns3::TcpCubic")),
                           MakeTypeIdAccessor(&TcpBulkSender::m_congestionControl),
                           MakeTypeIdChecker())
             .AddAttribute("UseEcn",
-                          "Negotiate ECN (classic RFC 3168 senders mark ECT(0)); DCTCP always does.",
+                          "Classic controls: negotiate RFC 3168 ECN (ECT(0)). Scalable ones (DCTCP, Prague) always use ECN.",
                           BooleanValue(false),
                           MakeBooleanAccessor(&TcpBulkSender::m_useEcn),
                           MakeBooleanChecker())
             .AddAttribute("UseEct0",
-                          "For DCTCP: send ECT(0) instead of the L4S identifier ECT(1).",
+                          "Scalable controls: mark ECT(0) instead of the L4S identifier ECT(1).",
                           BooleanValue(false),
                           MakeBooleanAccessor(&TcpBulkSender::m_useEct0),
                           MakeBooleanChecker())
@@ -98,15 +96,7 @@ TcpBulkSender::StartApplication()
     Ptr<TcpL4Protocol> tcp = GetNode()->GetObject<TcpL4Protocol>();
     NS_ABORT_MSG_IF(!tcp, "TcpBulkSender needs an internet stack on its node");
     m_socket = tcp->CreateSocket(m_congestionControl);
-    Ptr<TcpSocketBase> base = DynamicCast<TcpSocketBase>(m_socket);
-    ObjectFactory cc;
-    cc.SetTypeId(m_congestionControl);
-    if (m_congestionControl.IsChildOf(TypeId::LookupByName("ns3::TcpDctcp")) || m_congestionControl.GetName() == "ns3::TcpDctcp")
-    {
-        cc.Set("UseEct0", BooleanValue(m_useEct0));
-    }
-    base->SetCongestionControlAlgorithm(cc.Create<TcpCongestionOps>());
-    base->SetUseEcn(m_useEcn ? TcpSocketState::On : TcpSocketState::Off);
+    ConfigureTcpTransport(m_socket, m_congestionControl, m_useEcn, m_useEct0);
     m_socket->Bind();
     m_socket->Connect(m_remote);
     m_socket->ShutdownRecv();

@@ -2,7 +2,7 @@
  * A bulk TCP sender whose congestion control and ECN use are chosen per flow.
  *
  * ns-3's BulkSendApplication takes both from node-wide defaults; a dumbbell
- * mixing L4S (DCTCP with ECT(1)) and classic (Cubic with or without ECN)
+ * mixing L4S (Prague or DCTCP, ECT(1)) and classic (Cubic with or without ECN)
  * flows needs them per application.
  */
 #ifndef TCP_BULK_SENDER_H

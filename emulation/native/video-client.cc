@@ -3,6 +3,7 @@
  */
 #include "video-client.h"
 
+#include "tcp-transport.h"
 #include "video-server.h"
 
 #include "ns3/boolean.h"
@@ -32,12 +33,12 @@ VideoClient::GetTypeId()
                           MakeAddressChecker())
             .AddAttribute("CongestionControl",
                           "TypeId of this session's TcpCongestionOps; must match the server's "
-                          "(ns3::TcpCubic for classic, a DCTCP for L4S).",
+                          "(ns3::TcpCubic for classic, ns3::TcpPrague or a DCTCP for L4S).",
                           TypeIdValue(TypeId::LookupByName("ns3::TcpCubic")),
                           MakeTypeIdAccessor(&VideoClient::m_congestionControl),
                           MakeTypeIdChecker())
             .AddAttribute("UseEct0",
-                          "For DCTCP-family controls: mark ECT(0) instead of the L4S identifier ECT(1).",
+                          "Scalable controls (Prague, DCTCP): mark ECT(0) instead of the L4S identifier ECT(1).",
                           BooleanValue(false),
                           MakeBooleanAccessor(&VideoClient::m_useEct0),
                           MakeBooleanChecker())
@@ -197,7 +198,7 @@ VideoClient::StartApplication()
     m_bufferStamp = m_startTime;
     m_quality = m_startQuality;
     m_socket = tcp->CreateSocket(m_congestionControl);
-    VideoServer::ConfigureTransport(m_socket, m_congestionControl, m_useEct0);
+    ConfigureTcpTransport(m_socket, m_congestionControl, false, m_useEct0);
     m_socket->Bind();
     m_socket->Connect(m_remote);
     m_socket->SetConnectCallback(MakeCallback(&VideoClient::ConnectionSucceeded, this),

@@ -3,13 +3,12 @@
  */
 #include "video-server.h"
 
+#include "tcp-transport.h"
+
 #include "ns3/boolean.h"
 #include "ns3/inet-socket-address.h"
 #include "ns3/log.h"
-#include "ns3/object-factory.h"
-#include "ns3/tcp-congestion-ops.h"
 #include "ns3/tcp-l4-protocol.h"
-#include "ns3/tcp-socket-base.h"
 #include "ns3/uinteger.h"
 
 #include <algorithm>
@@ -40,7 +39,7 @@ VideoServer::GetTypeId()
                           MakeTypeIdAccessor(&VideoServer::m_congestionControl),
                           MakeTypeIdChecker())
             .AddAttribute("UseEct0",
-                          "For DCTCP-family controls: mark ECT(0) instead of the L4S identifier ECT(1).",
+                          "Scalable controls (Prague, DCTCP): mark ECT(0) instead of the L4S identifier ECT(1).",
                           BooleanValue(false),
                           MakeBooleanAccessor(&VideoServer::m_useEct0),
                           MakeBooleanChecker())
@@ -94,27 +93,6 @@ VideoServer::DeserializeRequest(const uint8_t* data)
     return request;
 }
 
-void
-VideoServer::ConfigureTransport(Ptr<Socket> socket, TypeId congestionControl, bool useEct0)
-{
-    Ptr<TcpSocketBase> base = DynamicCast<TcpSocketBase>(socket);
-    NS_ABORT_MSG_IF(!base, "video sessions need a TcpSocketBase");
-    ObjectFactory factory;
-    factory.SetTypeId(congestionControl);
-    TypeId::AttributeInformation info;
-    bool dctcpFamily = congestionControl.LookupAttributeByName("UseEct0", &info);
-    if (dctcpFamily)
-    {
-        factory.Set("UseEct0", BooleanValue(useEct0));
-    }
-    // Init() of a DCTCP-family control switches ECN on; everything else runs without it.
-    base->SetCongestionControlAlgorithm(factory.Create<TcpCongestionOps>());
-    if (!dctcpFamily)
-    {
-        base->SetUseEcn(TcpSocketState::Off);
-    }
-}
-
 uint64_t
 VideoServer::GetRequestsServed() const
 {
@@ -144,7 +122,7 @@ VideoServer::StartApplication()
     NS_ABORT_MSG_IF(!tcp, "VideoServer needs an internet stack on its node");
     m_listener = tcp->CreateSocket(m_congestionControl);
     // Accepted sockets are forks of the listener and inherit its congestion control.
-    ConfigureTransport(m_listener, m_congestionControl, m_useEct0);
+    ConfigureTcpTransport(m_listener, m_congestionControl, false, m_useEct0);
     NS_ABORT_MSG_IF(m_listener->Bind(InetSocketAddress(Ipv4Address::GetAny(), m_port)) != 0,
                     "VideoServer cannot bind port " << m_port);
     m_listener->Listen();

@@ -49,15 +49,6 @@ class VideoServer : public Application
     /** Parse REQUEST_SIZE bytes at @p data. */
     static Request DeserializeRequest(const uint8_t* data);
 
-    /**
-     * Give @p socket the congestion control @p congestionControl and its ECN mode.
-     *
-     * A DCTCP-family control (one with a UseEct0 attribute) turns ECN on by
-     * itself and marks ECT(1) unless @p useEct0; any other runs without ECN.
-     * Shared with VideoClient so both ends of a session agree.
-     */
-    static void ConfigureTransport(Ptr<Socket> socket, TypeId congestionControl, bool useEct0);
-
     /** Requests whose last byte has been handed to TCP. */
     uint64_t GetRequestsServed() const;
     /** Bytes handed to TCP over all connections. */

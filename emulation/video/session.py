@@ -156,7 +156,7 @@ class VideoComponent:
     def _install(self, sim, pair: int, session: _Session) -> None:
         ns, net = sim.ns, sim.net
         config, manifest = session.config, session.manifest
-        cc = ns.TypeIdValue(ns.TypeId.LookupByName(CC_TYPE_IDS["dctcp" if config.transport == "l4s" else "cubic"]))
+        cc = ns.TypeIdValue(ns.TypeId.LookupByName(CC_TYPE_IDS[config.congestion_control]))
         server = ns.CreateObject[ns.VideoServer]()
         server.SetAttribute("Port", ns.UintegerValue(VIDEO_PORT))
         server.SetAttribute("CongestionControl", cc)

@@ -17,6 +17,16 @@ def test_catalogue_scenarios_load():
         assert config.flows
 
 
+def test_l4s_senders_default_to_prague_and_may_choose_dctcp():
+    config = load_scenario("l4s-coexistence", {
+        "flows": [{"name": "p", "kind": "l4s"}, {"name": "d", "kind": "l4s", "cc": "dctcp"}],
+        "video": [{"name": "vp", "transport": "l4s"}, {"name": "vd", "transport": "l4s", "cc": "dctcp"},
+                  {"name": "vc"}]})
+    assert [f.cc for f in config.flows] == ["prague", "dctcp"]
+    assert all(f.ecn for f in config.flows)
+    assert [v.congestion_control for v in config.video] == ["prague", "dctcp", "cubic"]
+
+
 def test_overrides_apply_dotted_keys():
     config = load_scenario("l4s-coexistence", {"duration_s": 3, "bottleneck.rate_mbps": 50, "seed": 7})
     assert (config.duration_s, config.bottleneck.rate_mbps, config.seed) == (3, 50, 7)
@@ -28,7 +38,9 @@ def test_overrides_apply_dotted_keys():
         ("name: x\nflows:\n  - {name: a, kind: quic}\n", ["flows.0.kind", "'l4s'"]),
         ("name: x\nbottleneck: {rate_mbps: -5}\n", ["bottleneck.rate_mbps", "greater than 0"]),
         ("name: x\nbottlenek: {rate_mbps: 5}\n", ["bottlenek", "unknown key"]),
-        ("name: x\nflows:\n  - {name: a, kind: l4s, cc: cubic}\n", ["flows.0", "dctcp"]),
+        ("name: x\nflows:\n  - {name: a, kind: l4s, cc: cubic}\n", ["flows.0", "prague or dctcp"]),
+        ("name: x\nflows:\n  - {name: a, kind: classic, cc: prague}\n", ["flows.0", "cannot use prague"]),
+        ("name: x\nvideo:\n  - {name: v, cc: dctcp}\n", ["video.0", "needs transport: l4s"]),
         ("name: x\nflows: [\n", ["not valid YAML", "line"]),
         ("- just\n- a list\n", ["YAML mapping"]),
         ("name: x\nflows:\n  - {name: a, kind: udp}\n", ["needs rate_mbps"]),
