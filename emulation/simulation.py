@@ -54,6 +54,10 @@ class Simulation:
     capacity_bits_fn: object = None
     #: the first failure of a component inside the event loop; the run stops at once
     error: BaseException | None = None
+    #: flows.parquet rows components add (real hosts' flows), same columns as the probe's
+    extra_flows: list[pd.DataFrame] = field(default_factory=list)
+    #: real mode's clock (emulation.real.realtime.RealtimeClock); None in sim mode
+    realtime: object = None
 
     def fail(self, exc: BaseException) -> None:
         """Record a component's failure and stop the simulator (exceptions must not unwind C++)."""
@@ -68,23 +72,33 @@ def _seed(ns, seed: int) -> None:
     ns.RngSeedManager.SetRun(seed)
 
 
-def run_simulation(config: SimulationConfig, out_dir: Path, components: list | None = None) -> dict:
+def run_simulation(config: SimulationConfig, out_dir: Path, components: list | None = None,
+                   parent_pid: int | None = None) -> dict:
     """Run ``config`` and write its tables and summary into ``out_dir``; return the summary.
 
-    Raises whatever stopped the run, after writing what was gathered so far.
+    In real mode the process dies with ``parent_pid`` (the process that started the run), and
+    its real hosts with it. Raises whatever stopped the run, after writing what was gathered so far.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ns = load_native()
+    realtime = None
+    if config.real_mode:  # real time, real hosts: emulation/real/
+        from emulation.real.realtime import RealtimeClock
+
+        realtime = RealtimeClock(config.emulation)
+        ns = realtime.load(parent_pid)
+    else:
+        ns = load_native()
     _seed(ns, config.seed)
-    sim = Simulation(config=config, out_dir=out_dir, ns=ns, components=list(components or []))
+    sim = Simulation(config=config, out_dir=out_dir, ns=ns, realtime=realtime,
+                     components=[c for c in (realtime, *(components or [])) if c is not None])
     sim.net = build_dumbbell(ns, config)
     if hasattr(sim.net.queue_disc, "AssignStreams"):
         sim.net.queue_disc.AssignStreams(config.seed)
     sinks = install_flows(ns, config, sim.net)
     interval_s = config.probes.interval_ms / 1e3
     bottleneck = BottleneckProbe(ns, sim.net.queue_disc, interval_s)
-    goodput = GoodputProbe(ns, sinks, [f.name for f in config.all_flows()], interval_s)
+    goodput = GoodputProbe(ns, sinks, [f.name for f in config.all_flows() if not config.is_real(f)], interval_s)
     rate_bps = config.bottleneck.rate_mbps * 1e6
     sim.capacity_bits_fn = lambda t0, t1: rate_bps * (t1 - t0)
     if config.bottleneck.capture:
@@ -101,6 +115,7 @@ def run_simulation(config: SimulationConfig, out_dir: Path, components: list | N
         ns.ScheduleFunction(ns.Seconds(DRAIN_INTERVAL_S), drain)
 
     ns.ScheduleFunction(ns.Seconds(DRAIN_INTERVAL_S), drain)
+    bottleneck.drain()  # binds the probe's accessors now, not at the first drain inside the event loop
     ns.Simulator.Stop(ns.Seconds(config.duration_s))
     wall_start = time.perf_counter()
     error: BaseException | None = None
@@ -121,6 +136,9 @@ def run_simulation(config: SimulationConfig, out_dir: Path, components: list | N
     queue = bottleneck.queue_table()
     sojourn = bottleneck.sojourn_table()
     flows = goodput.flows_table()
+    if sim.extra_flows:
+        flows = pd.concat([flows, *sim.extra_flows], ignore_index=True).sort_values("time_s", kind="stable")
+        flows = flows.reset_index(drop=True)
     write_parquet(out_dir / "queue.parquet", queue)
     write_parquet(out_dir / "sojourn.parquet", sojourn)
     write_parquet(out_dir / "flows.parquet", flows)
