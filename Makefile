@@ -10,6 +10,8 @@ FIND_LINKS := $(if $(WHEELS),--find-links $(WHEELS),)
 SCENARIO ?= l4s-coexistence
 SEED ?= 1
 ARGS ?=
+# real: in real time with the scenario's real endpoints on Linux hosts (needs root and /dev/net/tun)
+MODE ?= sim
 POLICIES ?= dualpi2,aqm=pi2
 SEEDS ?= 1..5
 RUNS ?= runs
@@ -29,7 +31,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 emulate: setup
-	$(VENV)/bin/testbed run $(SCENARIO) --seed $(SEED) $(ARGS)
+	$(VENV)/bin/testbed run $(SCENARIO) --seed $(SEED) $(if $(filter real,$(MODE)),--real,) $(ARGS)
 
 compare: setup
 	$(VENV)/bin/testbed compare $(SCENARIO) --policies $(POLICIES) --seeds $(SEEDS) $(ARGS)

@@ -48,7 +48,13 @@ CC_TYPE_IDS: dict[str, str] = {
     "dctcp": "ns3::TcpDctcpRfc8257",  # DCTCP with the RFC 8257 loss response
     "cubic": "ns3::TcpCubic",
     "newreno": "ns3::TcpNewReno",
+    # Linux's names, for real hosts (emulation.mode real); simulated, they map to ns-3's models.
+    "reno": "ns3::TcpNewReno",
+    "bbr": "ns3::TcpBbr",
 }
+
+#: Congestion controls a real host runs in its kernel (``real: true`` flows in real mode).
+KERNEL_CCS = ("cubic", "bbr", "reno")
 
 
 class _Strict(BaseModel):
@@ -78,8 +84,11 @@ class FlowConfig(_Strict):
     name: Name
     #: l4s: Prague (default) or DCTCP marking ECT(1); classic: Cubic/NewReno, ECN optional; udp: constant bit rate
     kind: Literal["l4s", "classic", "udp"]
-    cc: Literal["prague", "dctcp", "cubic", "newreno"] | None = None
+    cc: Literal["prague", "dctcp", "cubic", "newreno", "reno", "bbr"] | None = None
+    #: TCP: negotiate ECN (ECT(0) data); a real udp flow: mark every packet ECT(1) through the IP TOS byte
     ecn: bool = False
+    #: in real mode (emulation.mode: real) both ends are Linux hosts in namespaces of their own
+    real: bool = False
     #: base round-trip time of the flow's path
     rtt_ms: float = Field(10.0, gt=0)
     start_s: float = Field(0.0, ge=0)
@@ -105,6 +114,11 @@ class FlowConfig(_Strict):
         else:
             if self.rate_mbps is None:
                 raise ValueError(f"flow '{self.name}': a udp flow needs rate_mbps")
+        if self.real and self.kind == "l4s":
+            raise ValueError(f"flow '{self.name}': a real flow cannot be l4s: the kernel has no DCTCP or Prague here "
+                             "(real L4S packets: kind udp with ecn: true)")
+        if self.real and self.kind == "classic" and self.cc not in KERNEL_CCS:
+            raise ValueError(f"flow '{self.name}': a real flow runs the kernel's {', '.join(KERNEL_CCS)}, not '{self.cc}'")
         if self.stop_s is not None and self.stop_s <= self.start_s:
             raise ValueError(f"flow '{self.name}': stop_s ({self.stop_s}) must be after start_s ({self.start_s})")
         return self
@@ -134,6 +148,14 @@ class VideoClientConfig(_Strict):
     start_quality: int = Field(1, ge=0)
     #: play only the first N chunks (None = the whole manifest)
     n_chunks: int | None = Field(None, ge=1)
+    #: in real mode a real HTTP server and player (kernel Cubic), each in a namespace of its own
+    real: bool = False
+
+    @model_validator(mode="after")
+    def _check_real(self) -> VideoClientConfig:
+        if self.real and self.transport == "l4s":
+            raise ValueError(f"video client '{self.name}': a real client uses kernel TCP (transport classic), not l4s")
+        return self
 
     @model_validator(mode="after")
     def _check_cc(self) -> VideoClientConfig:
@@ -204,6 +226,21 @@ class ProbeConfig(_Strict):
     warmup_s: float = Field(2.0, ge=0)
 
 
+class EmulationConfig(_Strict):
+    """How the network runs: fully simulated, or in real time with real hosts attached."""
+
+    #: sim: as fast as the CPU allows, every endpoint simulated; real: in real time, endpoints
+    #: marked ``real`` are Linux network namespaces attached through TAPs (docs/real-mode.md)
+    mode: Literal["sim", "real"] = "sim"
+    #: real mode: the run stops with an error once the simulator falls this far behind the wall clock
+    hard_limit_ms: float = Field(100.0, ge=1)
+    #: real mode: write a pcap (headers only) of every real host's TAP
+    capture: bool = True
+    #: real mode: SCHED_FIFO priority of the simulator and its hosts (1-99), so other load on the
+    #: machine cannot delay them; 0 leaves them to the normal scheduler
+    realtime_priority: int = Field(10, ge=0, le=99)
+
+
 class SimulationConfig(_Strict):
     """Everything one simulation run needs, fully resolved."""
 
@@ -219,6 +256,7 @@ class SimulationConfig(_Strict):
     control: ControlConfig = Field(default_factory=ControlConfig)
     #: TCP segment size in bytes
     segment_size_bytes: int = Field(1448, ge=536, le=8960)
+    emulation: EmulationConfig = Field(default_factory=EmulationConfig)
 
     @model_validator(mode="after")
     def _check(self) -> SimulationConfig:
@@ -232,6 +270,10 @@ class SimulationConfig(_Strict):
             raise ValueError(
                 f"probes.warmup_s ({self.probes.warmup_s}) must be shorter than duration_s ({self.duration_s})"
             )
+        for flow in self.flows:
+            if flow.kind == "udp" and flow.ecn and not self.is_real(flow):
+                raise ValueError(f"flow '{flow.name}': ecn on a udp flow (ECT(1) through the IP TOS byte) exists only "
+                                 "on real hosts: real: true with emulation.mode: real")
         for flow in [*self.flows, *self.video]:
             if flow.rtt_ms / 2 < self.bottleneck.delay_ms:
                 raise ValueError(
@@ -245,3 +287,11 @@ class SimulationConfig(_Strict):
 
     def all_video(self) -> list[VideoClientConfig]:
         return [v for video in self.video for v in video.expanded()]
+
+    @property
+    def real_mode(self) -> bool:
+        return self.emulation.mode == "real"
+
+    def is_real(self, endpoint: FlowConfig | VideoClientConfig) -> bool:
+        """Whether ``endpoint`` runs on real hosts in this run (marked real, and the run is in real mode)."""
+        return self.real_mode and endpoint.real

@@ -72,7 +72,8 @@ def summarise(
         rows = fw[(fw["flow"] == flow.name) & (fw["time_s"] > start) & (fw["time_s"] <= stop + 1e-9)]
         span = max(stop - start, 1e-9)
         mbps = float(rows["rx_bytes"].sum()) * 8 / span / 1e6
-        per_flow[flow.name] = {"kind": flow.kind, "cc": flow.cc, "rtt_ms": flow.rtt_ms, "throughput_mbps": mbps}
+        per_flow[flow.name] = {"kind": flow.kind, "cc": flow.cc, "rtt_ms": flow.rtt_ms, "throughput_mbps": mbps,
+                               "real": config.is_real(flow)}
         by_kind[flow.kind].append(mbps)
 
     tcp = by_kind["l4s"] + by_kind["classic"]

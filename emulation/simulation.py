@@ -88,6 +88,10 @@ class Simulation:
     _scheduled: dict = field(default_factory=dict)
     #: how many guarded calls are running (a stop signal may raise only inside one)
     _guard_depth: int = 0
+    #: flows.parquet rows components add (real hosts' flows), same columns as the probe's
+    extra_flows: list[pd.DataFrame] = field(default_factory=list)
+    #: real mode's clock (emulation.real.realtime.RealtimeClock); None in sim mode
+    realtime: object = None
 
     def fail(self, exc: BaseException) -> None:
         """Record a component's failure and stop the simulator (exceptions must not unwind C++)."""
@@ -180,34 +184,43 @@ def _stop_on_signals() -> Iterator[_StopSignals]:
 
 
 def run_simulation(config: SimulationConfig, out_dir: Path, components: list | None = None,
-                   wall_limit_s: float | None = None) -> dict:
+                   wall_limit_s: float | None = None, parent_pid: int | None = None) -> dict:
     """Run ``config`` and write its tables and summary into ``out_dir``; return the summary.
 
     Raises whatever stopped the run (a component's error, :class:`RunInterrupted`, :class:`WallClockLimit`)
-    after writing what was gathered so far. ``wall_limit_s`` counts from this call.
+    after writing what was gathered so far. ``wall_limit_s`` counts from this call. In real mode the
+    process dies with ``parent_pid`` (the process that started the run), and its real hosts with it.
     """
     with _stop_on_signals() as signals:
         try:
-            return _run(config, Path(out_dir), list(components or []), wall_limit_s, signals)
+            return _run(config, Path(out_dir), list(components or []), wall_limit_s, signals, parent_pid)
         except RunInterrupted:
             # Raised inside a call into C++ (cppyy prefixes every frame it crossed): say only what happened.
             raise RunInterrupted(f"stopped by {signal.Signals(signals.received[0]).name}") from None
 
 
 def _run(config: SimulationConfig, out_dir: Path, components: list, wall_limit_s: float | None,
-         signals: _StopSignals) -> dict:
+         signals: _StopSignals, parent_pid: int | None = None) -> dict:
     wall_deadline = None if wall_limit_s is None else time.monotonic() + wall_limit_s
     out_dir.mkdir(parents=True, exist_ok=True)
-    ns = load_native()
+    realtime = None
+    if config.real_mode:  # real time, real hosts: emulation/real/
+        from emulation.real.realtime import RealtimeClock
+
+        realtime = RealtimeClock(config.emulation)
+        ns = realtime.load(parent_pid)
+    else:
+        ns = load_native()
     _seed(ns, config.seed)
-    sim = Simulation(config=config, out_dir=out_dir, ns=ns, components=components)
+    sim = Simulation(config=config, out_dir=out_dir, ns=ns, realtime=realtime,
+                     components=[c for c in (realtime, *components) if c is not None])
     sim.net = build_dumbbell(ns, config)
     if hasattr(sim.net.queue_disc, "AssignStreams"):
         sim.net.queue_disc.AssignStreams(config.seed)
     sinks = install_flows(ns, config, sim.net)
     interval_s = config.probes.interval_ms / 1e3
     bottleneck = BottleneckProbe(ns, sim.net.queue_disc, interval_s)
-    goodput = GoodputProbe(ns, sinks, [f.name for f in config.all_flows()], interval_s)
+    goodput = GoodputProbe(ns, sinks, [f.name for f in config.all_flows() if not config.is_real(f)], interval_s)
     rate_bps = config.bottleneck.rate_mbps * 1e6
     sim.capacity_bits_fn = lambda t0, t1: rate_bps * (t1 - t0)
     if config.bottleneck.capture:
@@ -231,6 +244,7 @@ def _run(config: SimulationConfig, out_dir: Path, components: list, wall_limit_s
 
     sim.schedule(DRAIN_INTERVAL_S, drain)
     sim.schedule(GUARD_INTERVAL_S, check_wall_clock)
+    bottleneck.drain()  # binds the probe's accessors now, not at the first drain inside the event loop
     ns.Simulator.Stop(ns.Seconds(config.duration_s))
     signals.sim = sim
     wall_start = time.perf_counter()
@@ -255,6 +269,9 @@ def _run(config: SimulationConfig, out_dir: Path, components: list, wall_limit_s
     queue = bottleneck.queue_table()
     sojourn = bottleneck.sojourn_table()
     flows = goodput.flows_table()
+    if sim.extra_flows:
+        flows = pd.concat([flows, *sim.extra_flows], ignore_index=True).sort_values("time_s", kind="stable")
+        flows = flows.reset_index(drop=True)
     write_parquet(out_dir / "queue.parquet", queue)
     write_parquet(out_dir / "sojourn.parquet", sojourn)
     write_parquet(out_dir / "flows.parquet", flows)

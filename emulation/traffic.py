@@ -14,9 +14,11 @@ BASE_PORT = 5000
 
 
 def install_flows(ns, config: SimulationConfig, net: Dumbbell) -> list:
-    """Install every flow; return the sink applications in flow order."""
+    """Install every simulated flow; return their sink applications in flow order (real hosts' flows have none)."""
     sinks = []
     for i, flow in enumerate(config.all_flows()):
+        if config.is_real(flow):
+            continue
         port = BASE_PORT + i
         remote = ns.InetSocketAddress(net.receiver_addresses[i], port).ConvertTo()
         stop_s = flow.stop_s if flow.stop_s is not None else config.duration_s

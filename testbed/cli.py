@@ -43,7 +43,11 @@ def format_summary(summary: dict) -> str:
                 f" p99 {_fmt(a['decision_ms_p99'], ' ms', 3)}  fallback {_fmt((a['fallback_rate'] or 0) * 100, ' %', 1)}{extra}"
             )
     for flow, f in summary["flows"].items():
-        lines.append(f"  flow {flow:<14} {f['kind']:<8} {_fmt(f['throughput_mbps'], ' Mbps')}")
+        where = "  real host" if f.get("real") else ""
+        lines.append(f"  flow {flow:<14} {f['kind']:<8} {_fmt(f['throughput_mbps'], ' Mbps')}{where}")
+    if rt := summary.get("realtime"):
+        lines.append(f"  real time: lateness p99 {_fmt(rt['lateness_p99_ms'], ' ms', 3)}  max {_fmt(rt['lateness_max_ms'], ' ms')}"
+                     f"  late events {rt['late_events']}/{rt['samples']} (> {rt['late_threshold_ms']:g} ms)")
     lines.append(
         f"  L:C ratio {_fmt(summary.get('l_c_ratio'))}  Jain {_fmt(summary.get('jain_index'), digits=3)}  "
         f"utilisation {_fmt((summary.get('utilisation') or 0) * 100, ' %', 1)}"
@@ -60,7 +64,17 @@ def format_summary(summary: dict) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     overrides = {"seed": args.seed, "duration_s": args.duration}
     _agent_env(args)
+    if args.real:
+        overrides["emulation.mode"] = "real"
     config = load_scenario(args.scenario, overrides)
+    if config.real_mode:  # fail at once, before any process starts, if the machine cannot do it
+        from emulation.real.preflight import RealModeUnavailable, check_real_mode
+
+        try:
+            check_real_mode()
+        except RealModeUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     aqm = parse_agent(None if args.aqm in (None, "dualpi2") else args.aqm.removesuffix("-agent"), "--aqm")
     abr = parse_agent(args.abr, "--abr")
     config, agents = with_agents(config, aqm, abr, tuple(args.shadow), timeout_s=args.agent_timeout,
@@ -213,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     _agent_timeouts(run)
     run.add_argument("--llm-checkpoint", help="adapted LLM checkpoint directory for the llm policy (acting or shadow)")
     run.add_argument("--llm-backbone", help="without a checkpoint: local model dir, 'default' (SmolLM2-135M) or 'tiny'")
+    run.add_argument("--real", action="store_true", help="real mode (emulation.mode: real): in real time, endpoints "
+                     "marked real on Linux hosts in namespaces (needs root and /dev/net/tun)")
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="list scenarios and policies")

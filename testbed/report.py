@@ -47,6 +47,9 @@ METRICS: dict[str, str] = {
     "rebuffer_ratio": "rebuffer ratio",
     "switches": "quality switches",
     "fallback_rate": "fallback rate",
+    "realtime_lateness_p99_ms": "real-time lateness p99 (ms)",
+    "realtime_lateness_max_ms": "real-time lateness max (ms)",
+    "realtime_late_events": "real-time events late > 1 ms",
 }
 
 PLOT_DPI = 100
@@ -123,7 +126,8 @@ def run_metrics(run: StoredRun) -> dict[str, float]:
     }
     kinds: dict[str, list[float]] = {}
     for flow in (s.get("flows") or {}).values():
-        kinds.setdefault(flow["kind"], []).append(_num(flow.get("throughput_mbps")))
+        kind = f"real_{flow['kind']}" if flow.get("real") else flow["kind"]  # real hosts beside simulated ones
+        kinds.setdefault(kind, []).append(_num(flow.get("throughput_mbps")))
     metrics.update({f"throughput_{kind}_mbps": float(np.nanmean(v)) for kind, v in sorted(kinds.items())})
     metrics.update({k: _num(s.get(k)) for k in ("l_c_ratio", "jain_index", "utilisation")})
     metrics.update({k: _num(v) for k, v in sorted(s.items()) if k.endswith("_rate") and isinstance(v, (int, float))})
@@ -137,6 +141,9 @@ def run_metrics(run: StoredRun) -> dict[str, float]:
         metrics["bitrate_kbps"] = over_clients("avg_bitrate_bps", 1e-3)
         metrics["rebuffer_ratio"] = over_clients("rebuffer_ratio")
         metrics["switches"] = over_clients("switches")
+    if realtime := s.get("realtime"):
+        metrics.update({f"realtime_{k}": _num(realtime.get(k))
+                        for k in ("lateness_p99_ms", "lateness_max_ms", "late_events")})
     metrics.update(_decision_metrics(run.run_dir))
     return metrics
 
@@ -144,6 +151,8 @@ def run_metrics(run: StoredRun) -> dict[str, float]:
 def metric_label(column: str) -> str:
     if column in METRICS:
         return METRICS[column]
+    if m := re.fullmatch(r"throughput_real_(\w+)_mbps", column):
+        return f"{m[1]} flow throughput, real hosts (Mbps)"
     if m := re.fullmatch(r"throughput_(\w+)_mbps", column):
         return f"{m[1]} flow throughput (Mbps)"
     if m := re.fullmatch(r"(aqm|abr)_decision_(p\d+)_ms", column):
@@ -155,9 +164,9 @@ def metric_label(column: str) -> str:
     return column
 
 
-#: Order of metric families in tables: queue, throughput, fairness, events, video, decisions, shadows.
+#: Order of metric families in tables: queue, throughput, fairness, events, video, decisions, shadows, real time.
 _FAMILIES = (r"_sojourn_", r"^throughput_", r"^(l_c_ratio|jain_index|utilisation)$", r"(mark|drop)_rate$",
-             r"^(qoe|bitrate|rebuffer|switches)", r"_decision_|^fallback_rate$", r"^shadow_")
+             r"^(qoe|bitrate|rebuffer|switches)", r"_decision_|^fallback_rate$", r"^shadow_", r"^realtime_")
 
 
 def _metric_order(columns: Iterable[str]) -> list[str]:

@@ -175,7 +175,7 @@ def policy_label(config: SimulationConfig, agents: list[AgentSpec] | None = None
     parts = [f"{by_control['aqm']}-agent" if "aqm" in by_control else config.bottleneck.queue.type]
     if config.video:
         parts.append(by_control.get("abr") or "+".join(sorted({v.abr for v in config.all_video()})))
-    label = "+".join(parts)
+    label = "+".join(parts) + ("+real" if config.real_mode else "")
     shadows = sorted({s for a in agents or [] for s in a.shadows})
     return label + (f"+shadow-{'-'.join(shadows)}" if shadows else "")
 

@@ -27,7 +27,7 @@ log = logging.getLogger("testbed.simproc")
 
 
 def build_components(config: SimulationConfig) -> list:
-    components = []
+    components, decide = [], {}
     if config.bottleneck.trace:
         from emulation.video.link import TraceDrivenLink
         from emulation.video.traces import load_trace
@@ -43,7 +43,7 @@ def build_components(config: SimulationConfig) -> list:
         from emulation.video.manifest import default_manifest, load_manifest
         from emulation.video.session import VideoComponent
 
-        decide, points = {}, []
+        points = []
         for i, client in enumerate(config.all_video()):
             if config.control.abr is not None:
                 manifest = load_manifest(client.manifest) if client.manifest else default_manifest()
@@ -54,8 +54,16 @@ def build_components(config: SimulationConfig) -> list:
                 decide[client.name] = make_policy("abr", client.abr).act
         if points:
             components.append(AbrControlGroup(points))
-        factory = lambda name: make_policy("abr", name)  # noqa: E731
-        components.append(VideoComponent(config.all_video(), decide=decide, policy_factory=factory))
+        simulated = [v for v in config.all_video() if not config.is_real(v)]
+        if simulated:
+            factory = lambda name: make_policy("abr", name)  # noqa: E731
+            components.append(VideoComponent(simulated, decide={v.name: decide[v.name] for v in simulated},
+                                             policy_factory=factory))
+    if any(config.is_real(e) for e in [*config.all_flows(), *config.all_video()]):
+        from emulation.real.hosts import RealHosts
+
+        # First, so it stops its hosts (and their ABR calls) before the control points close.
+        components.insert(0, RealHosts(config, {v.name: decide[v.name] for v in config.all_video() if config.is_real(v)}))
     return components
 
 
@@ -70,7 +78,8 @@ def run(config_path: Path, out_dir: Path, wall_limit_s: float | None = None) -> 
     parent_pid = os.getppid()
     config = SimulationConfig.model_validate(yaml.safe_load(Path(config_path).read_text()))
     try:
-        summary = run_simulation(config, out_dir, components=build_components(config), wall_limit_s=wall_limit_s)
+        summary = run_simulation(config, out_dir, components=build_components(config), wall_limit_s=wall_limit_s,
+                                 parent_pid=parent_pid)
     except Exception as exc:
         write_json(out_dir / "sim-error.json", {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
         print(f"simulation failed: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -162,7 +162,8 @@ def _policy_from_run(run_dir: Path, config: dict) -> str:
             by_control[name] = "unknown"  # the agent never wrote its log (failed run)
     policy = Policy(aqm=by_control.get("aqm"), abr=by_control.get("abr"), shadows=tuple(sorted(shadows)))
     label = policy.label
-    return label if label != IN_QUEUE else (config.get("bottleneck") or {}).get("queue", {}).get("type", IN_QUEUE)
+    label = label if label != IN_QUEUE else (config.get("bottleneck") or {}).get("queue", {}).get("type", IN_QUEUE)
+    return label + ("+real" if (config.get("emulation") or {}).get("mode") == "real" else "")
 
 
 def load_run(run_dir: Path) -> StoredRun:

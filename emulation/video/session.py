@@ -210,65 +210,91 @@ class VideoComponent:
                              obs.chunk_index)
 
     def finish(self, sim) -> None:
-        frames, summaries = [], {}
-        for name, session in self._sessions.items():
-            frame = self._chunk_table(name, session.client)
-            frames.append(frame)
-            summaries[name] = self._summary(frame, session.manifest)
-        if frames:
-            sim.tables["video"] = pd.concat(frames, ignore_index=True)
-        sim.summary_extra["video"] = summaries
+        add_video_results(sim, {name: (_client_table(name, s.client), s.manifest) for name, s in self._sessions.items()})
 
-    @staticmethod
-    def _chunk_table(name: str, client) -> pd.DataFrame:
-        """The client's chunks as video.parquet rows; QoE_lin's first chunk pays no smoothness penalty."""
-        if client.chunkIndex.size() == 0:
-            return pd.DataFrame(columns=VIDEO_COLUMNS)
-        bitrate_bps = vector_to_numpy(client.chunkBitrateBps, np.float64)
-        chunk_bytes = vector_to_numpy(client.chunkBytes, np.uint64).astype(np.int64)
-        request_s = vector_to_numpy(client.requestTime, np.float64)
-        last_byte_s = vector_to_numpy(client.lastByteTime, np.float64)
-        rebuffer_s = vector_to_numpy(client.rebufferTime, np.float64)
-        download_s = last_byte_s - request_s
-        terms = qoe_lin_terms(bitrate_bps, rebuffer_s)
-        return pd.DataFrame(
-            {
-                "client": name,
-                "chunk": vector_to_numpy(client.chunkIndex, np.uint32).astype(np.int64),
-                "quality": vector_to_numpy(client.chunkQuality, np.uint32).astype(np.int64),
-                "bitrate_bps": bitrate_bps,
-                "chunk_bytes": chunk_bytes,
-                "request_s": request_s,
-                "first_byte_s": vector_to_numpy(client.firstByteTime, np.float64),
-                "last_byte_s": last_byte_s,
-                "download_s": download_s,
-                "throughput_bps": chunk_bytes * 8.0 / download_s,
-                "buffer_before_s": vector_to_numpy(client.bufferBefore, np.float64),
-                "buffer_after_s": vector_to_numpy(client.bufferAfter, np.float64),
-                "rebuffer_s": rebuffer_s,
-                "wait_s": vector_to_numpy(client.waitTime, np.float64),
-                "qoe_bitrate_mbps": terms.bitrate,
-                "qoe_rebuffer_penalty": terms.rebuffer_penalty,
-                "qoe_smoothness_penalty": terms.smoothness_penalty,
-                "qoe_lin": terms.total,
-            },
-            columns=VIDEO_COLUMNS,
+
+def add_video_results(sim, clients: Mapping[str, tuple[pd.DataFrame, VideoManifest]]) -> None:
+    """Add clients' chunk tables and summaries to the run's (other components may add theirs too)."""
+    frames = [frame for frame, _ in clients.values()]
+    if frames:
+        earlier = [sim.tables["video"]] if "video" in sim.tables else []
+        sim.tables["video"] = pd.concat([*earlier, *frames], ignore_index=True)
+    summaries = sim.summary_extra.setdefault("video", {})
+    for name, (frame, manifest) in clients.items():
+        summaries[name] = video_summary(frame, manifest)
+
+
+def chunk_table(name: str, chunks: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """video.parquet rows of one client from its per-chunk columns; QoE_lin's first chunk pays no smoothness penalty.
+
+    ``chunks`` holds ``chunk``, ``quality``, ``bitrate_bps``, ``chunk_bytes``, ``request_s``,
+    ``first_byte_s``, ``last_byte_s``, ``buffer_before_s``, ``buffer_after_s``, ``rebuffer_s``, ``wait_s``.
+    """
+    if len(chunks["chunk"]) == 0:
+        return pd.DataFrame(columns=VIDEO_COLUMNS)
+    bitrate_bps = np.asarray(chunks["bitrate_bps"], dtype=np.float64)
+    chunk_bytes = np.asarray(chunks["chunk_bytes"], dtype=np.int64)
+    request_s = np.asarray(chunks["request_s"], dtype=np.float64)
+    last_byte_s = np.asarray(chunks["last_byte_s"], dtype=np.float64)
+    rebuffer_s = np.asarray(chunks["rebuffer_s"], dtype=np.float64)
+    download_s = last_byte_s - request_s
+    terms = qoe_lin_terms(bitrate_bps, rebuffer_s)
+    return pd.DataFrame(
+        {
+            "client": name,
+            "chunk": np.asarray(chunks["chunk"], dtype=np.int64),
+            "quality": np.asarray(chunks["quality"], dtype=np.int64),
+            "bitrate_bps": bitrate_bps,
+            "chunk_bytes": chunk_bytes,
+            "request_s": request_s,
+            "first_byte_s": np.asarray(chunks["first_byte_s"], dtype=np.float64),
+            "last_byte_s": last_byte_s,
+            "download_s": download_s,
+            "throughput_bps": chunk_bytes * 8.0 / download_s,
+            "buffer_before_s": np.asarray(chunks["buffer_before_s"], dtype=np.float64),
+            "buffer_after_s": np.asarray(chunks["buffer_after_s"], dtype=np.float64),
+            "rebuffer_s": rebuffer_s,
+            "wait_s": np.asarray(chunks["wait_s"], dtype=np.float64),
+            "qoe_bitrate_mbps": terms.bitrate,
+            "qoe_rebuffer_penalty": terms.rebuffer_penalty,
+            "qoe_smoothness_penalty": terms.smoothness_penalty,
+            "qoe_lin": terms.total,
+        },
+        columns=VIDEO_COLUMNS,
+    )
+
+
+def _client_table(name: str, client) -> pd.DataFrame:
+    """A packet-level VideoClient's records as video.parquet rows."""
+    return chunk_table(name, {
+        "chunk": vector_to_numpy(client.chunkIndex, np.uint32),
+        "quality": vector_to_numpy(client.chunkQuality, np.uint32),
+        "bitrate_bps": vector_to_numpy(client.chunkBitrateBps, np.float64),
+        "chunk_bytes": vector_to_numpy(client.chunkBytes, np.uint64),
+        "request_s": vector_to_numpy(client.requestTime, np.float64),
+        "first_byte_s": vector_to_numpy(client.firstByteTime, np.float64),
+        "last_byte_s": vector_to_numpy(client.lastByteTime, np.float64),
+        "buffer_before_s": vector_to_numpy(client.bufferBefore, np.float64),
+        "buffer_after_s": vector_to_numpy(client.bufferAfter, np.float64),
+        "rebuffer_s": vector_to_numpy(client.rebufferTime, np.float64),
+        "wait_s": vector_to_numpy(client.waitTime, np.float64),
+    })
+
+
+def video_summary(frame: pd.DataFrame, manifest: VideoManifest) -> dict:
+    """summary.json's ``video.<client>``: QoE_lin, bitrate, rebuffering, switches, startup delay."""
+    played = len(frame)
+    summary: dict = {"chunks_played": played, "chunks_total": manifest.n_chunks}
+    if played:
+        qoe = QoeSummary.from_chunks(frame["bitrate_bps"], frame["rebuffer_s"], manifest.chunk_duration_s)
+        summary.update(
+            qoe_lin_mean=qoe.qoe_lin_mean,
+            qoe_lin_mean_after_first=qoe.qoe_lin_mean_after_first,
+            avg_bitrate_bps=qoe.avg_bitrate_bps,
+            rebuffer_s=qoe.rebuffer_s,
+            rebuffer_ratio=qoe.rebuffer_ratio,
+            rebuffer_count=qoe.rebuffer_count,
+            switches=qoe.switches,
+            startup_delay_s=qoe.startup_delay_s,
         )
-
-    @staticmethod
-    def _summary(frame: pd.DataFrame, manifest: VideoManifest) -> dict:
-        played = len(frame)
-        summary: dict = {"chunks_played": played, "chunks_total": manifest.n_chunks}
-        if played:
-            qoe = QoeSummary.from_chunks(frame["bitrate_bps"], frame["rebuffer_s"], manifest.chunk_duration_s)
-            summary.update(
-                qoe_lin_mean=qoe.qoe_lin_mean,
-                qoe_lin_mean_after_first=qoe.qoe_lin_mean_after_first,
-                avg_bitrate_bps=qoe.avg_bitrate_bps,
-                rebuffer_s=qoe.rebuffer_s,
-                rebuffer_ratio=qoe.rebuffer_ratio,
-                rebuffer_count=qoe.rebuffer_count,
-                switches=qoe.switches,
-                startup_delay_s=qoe.startup_delay_s,
-            )
-        return summary
+    return summary
