@@ -24,6 +24,7 @@ Run ``python -m testbed.chunksim --policy bba,rate,mpc,bola --traces DIR``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import time
@@ -60,7 +61,7 @@ CONTROL_POINT = "abr-0"
 #: Policies by the name the CLI and reports use.
 POLICIES: dict[str, Callable[[], AbrPolicy]] = {"bba": BBA, "rate": RateBased, "mpc": RobustMPC, "bola": BolaE}
 #: Teachers that see the future: only this simulator can drive them.
-TEACHERS: dict[str, Callable[[], AbrPolicy]] = {"oracle": ClairvoyantMPC}
+TEACHERS: dict[str, Callable[[], AbrPolicy]] = {"oracle": ClairvoyantMPC, "rollout": lambda: RolloutTeacher()}
 #: RobustMPC as Pensieve's and NetLLM's code runs it (sizes of chunks k+1..k+5, ties to the last plan), for
 #: comparing with their numbers.
 PUBLISHED_MPC = "mpc-published"
@@ -135,6 +136,151 @@ class SessionResult:
     decisions: pd.DataFrame
 
 
+class Playback:
+    """One session's state, advanced a chunk at a time by :meth:`play`; :meth:`clone` forks it (rollouts).
+
+    The first chunk is fetched at the start quality; ``observation()`` is what a policy sees
+    before choosing each later one. Times are session times: 0 at the first request.
+    """
+
+    def __init__(self, trace: BandwidthTrace, manifest: VideoManifest, rtt_s: float = RTT_S,
+                 buffer_cap_s: float = BUFFER_CAP_S, start_quality: int = START_QUALITY, start_s: float = 0.0):
+        if not 0 <= start_quality < manifest.n_levels:
+            raise ValueError(f"start_quality must be in [0, {manifest.n_levels - 1}], got {start_quality}")
+        if rtt_s < 0 or buffer_cap_s < manifest.chunk_duration_s:
+            raise ValueError(f"need rtt_s >= 0 and buffer_cap_s >= one chunk, got {rtt_s}, {buffer_cap_s}")
+        if start_s < 0:
+            raise ValueError(f"start_s must be >= 0, got {start_s}")
+        self.trace, self.manifest = trace, manifest
+        self.rtt_s, self.buffer_cap_s = rtt_s, buffer_cap_s
+        self.cursor = _TraceCursor(trace)
+        self.cursor.idle(start_s)
+        self.chunk = 0
+        self.clock_s = 0.0
+        self.buffer_s = 0.0
+        self.wait_s = 0.0
+        self.last_quality = start_quality
+        self.last_rebuffer_s = 0.0
+        self.throughputs_bps: list[float] = []
+        self.download_times_s: list[float] = []
+
+    @property
+    def done(self) -> bool:
+        return self.chunk >= self.manifest.n_chunks
+
+    def clone(self) -> Playback:
+        twin = copy.copy(self)
+        twin.cursor = copy.copy(self.cursor)
+        twin.throughputs_bps = list(self.throughputs_bps)
+        twin.download_times_s = list(self.download_times_s)
+        return twin
+
+    def observation(self) -> AbrObservation:
+        return self.manifest.abr_observation(self.chunk, self.last_quality, self.buffer_s, self.last_rebuffer_s,
+                                             self.throughputs_bps, self.download_times_s)
+
+    def play(self, quality: int) -> dict:
+        """Fetch the next chunk at ``quality``; its video.parquet row (without ``client``)."""
+        manifest, chunk = self.manifest, self.chunk
+        size_bytes = int(manifest.chunk_bytes[quality, chunk])
+        delay_s = self.cursor.download(size_bytes) + self.rtt_s
+        rebuffer_s = max(delay_s - self.buffer_s, 0.0)
+        buffer_before_s = self.buffer_s
+        self.buffer_s = max(self.buffer_s - delay_s, 0.0) + manifest.chunk_duration_s
+        terms = qoe_lin_terms(
+            [manifest.bitrates_bps[quality]], [rebuffer_s], prev_bitrate_bps=manifest.bitrates_bps[self.last_quality]
+        )
+        row = {
+            "chunk": chunk,
+            "quality": quality,
+            "bitrate_bps": float(manifest.bitrates_bps[quality]),
+            "chunk_bytes": size_bytes,
+            "request_s": self.clock_s,
+            "first_byte_s": self.clock_s + self.rtt_s,
+            "last_byte_s": self.clock_s + delay_s,
+            "download_s": delay_s,
+            "throughput_bps": size_bytes * 8.0 / delay_s,
+            "buffer_before_s": buffer_before_s,
+            "buffer_after_s": self.buffer_s,
+            "rebuffer_s": rebuffer_s,
+            "wait_s": self.wait_s,
+            "qoe_bitrate_mbps": float(terms.bitrate[0]),
+            "qoe_rebuffer_penalty": float(terms.rebuffer_penalty[0]),
+            "qoe_smoothness_penalty": float(terms.smoothness_penalty[0]),
+            "qoe_lin": float(terms.total[0]),
+        }
+        self.clock_s += delay_s
+        self.throughputs_bps.append(size_bytes * 8.0 / delay_s)
+        self.download_times_s.append(delay_s)
+        self.last_quality = quality
+        self.last_rebuffer_s = rebuffer_s
+        self.chunk += 1
+        self.wait_s = 0.0
+        if self.buffer_s > self.buffer_cap_s and not self.done:
+            self.wait_s = math.ceil((self.buffer_s - self.buffer_cap_s) / DRAIN_STEP_S) * DRAIN_STEP_S
+            self.buffer_s -= self.wait_s
+            self.cursor.idle(self.wait_s)
+            self.clock_s += self.wait_s
+        return row
+
+
+class RolloutTeacher:
+    """One step of policy improvement over a base policy, with the future known: the teacher of DAgger rounds.
+
+    Before each decision the simulator hands it the live session (``see_playback``). For every
+    quality it forks the session, plays that quality, then lets a copy of the base policy
+    (RobustMPC by default) choose the next ``horizon - 1`` chunks on the true link, and scores the
+    action by the QoE_lin collected. It acts on the best score; the scores of all actions are
+    what a learner regresses (``last_action_scores``). A learner fitting their expectation given
+    what it sees improves on the base policy the way one policy-iteration step does, and the
+    continuation by a policy that cannot see the future prices the risk of a bold action, which
+    a clairvoyant continuation (:class:`agents.abr.ClairvoyantMPC`) hides.
+    """
+
+    control = "abr"
+
+    def __init__(self, base: Callable[[], AbrPolicy] = RobustMPC, horizon: int = 8, name: str = "rollout") -> None:
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        self.name = name
+        self.horizon = horizon
+        self.base = base()
+        self._playback: Playback | None = None
+        self.last_action_scores: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self.base.reset()
+        self._playback = None
+        self.last_action_scores = None
+
+    def see_playback(self, playback: Playback) -> None:
+        self._playback = playback
+
+    def observe_reward(self, reward: float) -> None:
+        observe_reward(self.base, reward)
+
+    def action_scores(self, obs: AbrObservation) -> np.ndarray:
+        if self._playback is None:
+            raise RuntimeError("a rollout teacher acts only where the simulator shows it the session (see_playback)")
+        self.base.act(obs)  # keep the base policy's own state (MPC's error history) current
+        scores = np.zeros(obs.n_levels)
+        for quality in range(obs.n_levels):
+            fork, base = self._playback.clone(), copy.deepcopy(self.base)
+            total = fork.play(quality)["qoe_lin"]
+            for _ in range(self.horizon - 1):
+                if fork.done:
+                    break
+                step = fork.play(base.act(fork.observation()))
+                observe_reward(base, step["qoe_lin"])
+                total += step["qoe_lin"]
+            scores[quality] = total
+        return scores
+
+    def act(self, obs: AbrObservation) -> int:
+        self.last_action_scores = self.action_scores(obs)
+        return int(np.argmax(self.last_action_scores))
+
+
 def run_session(
     policy: AbrPolicy,
     trace: BandwidthTrace,
@@ -153,109 +299,51 @@ def run_session(
     action is ``[nan]`` (readers take actions from all rows but the last).
     Each of ``shadows`` sees every observation too and its would-be choice is
     logged beside the acting one (``role == "shadow"``): the DAgger relabelling
-    of the states the acting policy visits. Policies with a ``see_future``
-    method (teachers) are shown the true link before each decision.
+    of the states the acting policy visits. Teachers are shown what they may
+    see before each decision: the true link (``see_future``) or the session
+    itself, to fork rollouts from (``see_playback``).
     ``start_s`` starts the session that far into the trace (Pensieve's training
     sessions start at random points; evaluation starts at 0).
     """
-    if not 0 <= start_quality < manifest.n_levels:
-        raise ValueError(f"start_quality must be in [0, {manifest.n_levels - 1}], got {start_quality}")
-    if rtt_s < 0 or buffer_cap_s < manifest.chunk_duration_s:
-        raise ValueError(f"need rtt_s >= 0 and buffer_cap_s >= one chunk, got {rtt_s}, {buffer_cap_s}")
+    playback = Playback(trace, manifest, rtt_s, buffer_cap_s, start_quality, start_s)
     deciders = [("acting", policy), *(("shadow", shadow) for shadow in shadows)]
     for _, p in deciders:
         p.reset()
-    if start_s < 0:
-        raise ValueError(f"start_s must be >= 0, got {start_s}")
-    cursor = _TraceCursor(trace)
-    cursor.idle(start_s)
+    cursor = playback.cursor
     future = cursor.future(rtt_s, buffer_cap_s) if any(hasattr(p, "see_future") for _, p in deciders) else None
-    clock_s = 0.0
-    buffer_s = 0.0
-    wait_s = 0.0
-    last_quality = start_quality
-    last_rebuffer_s = 0.0
     reward = 0.0
-    throughputs_bps: list[float] = []
-    download_times_s: list[float] = []
     video_rows: list[dict] = []
     decision_rows: list[dict] = []
 
-    for chunk in range(manifest.n_chunks):
+    while not playback.done:
+        chunk = playback.chunk
         quality = start_quality
         if chunk > 0:
-            obs = manifest.abr_observation(
-                chunk, last_quality, buffer_s, last_rebuffer_s, throughputs_bps, download_times_s
-            )
+            obs = playback.observation()
             if future is not None:
                 future.now_s = cursor.offset_s
             for role, p in deciders:
                 if future is not None and hasattr(p, "see_future"):
                     p.see_future(future)
+                if hasattr(p, "see_playback"):
+                    p.see_playback(playback)
                 started = time.perf_counter()
                 choice = p.act(obs)
                 decision_ms = (time.perf_counter() - started) * 1e3
                 choice = check_quality(f"policy {p.name}", choice, manifest.n_levels, chunk)
                 if role == "acting":
                     quality = choice
-                decision_rows.append(
-                    _decision_row(p, chunk - 1, clock_s, obs, [choice], reward, decision_ms, False, trace, chunk, role)
-                )
-
-        size_bytes = int(manifest.chunk_bytes[quality, chunk])
-        delay_s = cursor.download(size_bytes) + rtt_s
-        rebuffer_s = max(delay_s - buffer_s, 0.0)
-        buffer_before_s = buffer_s
-        buffer_s = max(buffer_s - delay_s, 0.0) + manifest.chunk_duration_s
-        buffer_after_s = buffer_s
-
-        terms = qoe_lin_terms(
-            [manifest.bitrates_bps[quality]], [rebuffer_s], prev_bitrate_bps=manifest.bitrates_bps[last_quality]
-        )
-        reward = float(terms.total[0])
-        video_rows.append(
-            {
-                "client": client,
-                "chunk": chunk,
-                "quality": quality,
-                "bitrate_bps": float(manifest.bitrates_bps[quality]),
-                "chunk_bytes": size_bytes,
-                "request_s": clock_s,
-                "first_byte_s": clock_s + rtt_s,
-                "last_byte_s": clock_s + delay_s,
-                "download_s": delay_s,
-                "throughput_bps": size_bytes * 8.0 / delay_s,
-                "buffer_before_s": buffer_before_s,
-                "buffer_after_s": buffer_after_s,
-                "rebuffer_s": rebuffer_s,
-                "wait_s": wait_s,
-                "qoe_bitrate_mbps": float(terms.bitrate[0]),
-                "qoe_rebuffer_penalty": float(terms.rebuffer_penalty[0]),
-                "qoe_smoothness_penalty": float(terms.smoothness_penalty[0]),
-                "qoe_lin": reward,
-            }
-        )
+                decision_rows.append(_decision_row(p, chunk - 1, playback.clock_s, obs, [choice], reward,
+                                                   decision_ms, False, trace, chunk, role))
+        row = playback.play(quality)
+        reward = row["qoe_lin"]
+        video_rows.append({"client": client, **row})
         for _, p in deciders:
             observe_reward(p, reward)
-        clock_s += delay_s
-        throughputs_bps.append(size_bytes * 8.0 / delay_s)
-        download_times_s.append(delay_s)
-        last_quality = quality
-        last_rebuffer_s = rebuffer_s
-
-        wait_s = 0.0
-        if buffer_s > buffer_cap_s and chunk + 1 < manifest.n_chunks:
-            wait_s = math.ceil((buffer_s - buffer_cap_s) / DRAIN_STEP_S) * DRAIN_STEP_S
-            buffer_s -= wait_s
-            cursor.idle(wait_s)
-            clock_s += wait_s
-
-    final_obs = manifest.abr_observation(
-        manifest.n_chunks, last_quality, buffer_s, last_rebuffer_s, throughputs_bps, download_times_s
-    )
+    final_obs = playback.observation()
     decision_rows.append(
         _decision_row(
-            policy, manifest.n_chunks - 1, clock_s, final_obs, [math.nan], reward, 0.0, True, trace, manifest.n_chunks
+            policy, manifest.n_chunks - 1, playback.clock_s, final_obs, [math.nan], reward, 0.0, True, trace, manifest.n_chunks
         )
     )
     video = pd.DataFrame(video_rows, columns=VIDEO_COLUMNS)

@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
+        lifecycle.ignore_stop_signals()
         print(f"interrupted ({lifecycle.signal_name(exc)})", file=sys.stderr)
         return lifecycle.exit_code(exc)
 

@@ -23,6 +23,7 @@ time) and the intermediate experience and pools.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
 import time
 from collections.abc import Callable
@@ -92,6 +93,8 @@ class Recipe(_Strict):
     training: dict = Field(default_factory=dict)
     #: torch threads (the machine's cores are shared with the simulator)
     threads: int = Field(2, ge=1)
+    #: processes that play experience and DAgger sessions in parallel
+    workers: int = Field(2, ge=1)
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
@@ -185,16 +188,37 @@ def sessions(recipe: Recipe, traces: list[BandwidthTrace], round_: int) -> list[
     return out
 
 
-def collect(policies: dict[str, Callable], plays: list[tuple[BandwidthTrace, float]], out: Path,
-            shadows: dict[str, Callable] | None = None) -> list[Path]:
-    """Play every (trace, start) with each policy (and shadows) in the chunk-level simulator; the decisions files."""
+def _play(factory: Callable, shadows: list[Callable], plays: list[tuple[BandwidthTrace, float]]) -> pd.DataFrame:
     manifest = default_manifest()
+    policy = factory()
+    shadow_policies = [make() for make in shadows]
+    frames = [run_session(policy, trace, manifest, client=trace.name, shadows=shadow_policies, start_s=start).decisions
+              for trace, start in plays]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _play_share(args: tuple) -> pd.DataFrame:
+    torch.set_num_threads(1)  # one worker per core
+    return _play(*args)
+
+
+def collect(policies: dict[str, Callable], plays: list[tuple[BandwidthTrace, float]], out: Path,
+            shadows: dict[str, Callable] | None = None, workers: int = 1) -> list[Path]:
+    """Play every (trace, start) with each policy (and shadows) in the chunk-level simulator; the decisions files.
+
+    ``workers`` > 1 forks that many processes, each playing an interleaved share of the sessions
+    (the policies, an in-memory learner included, are inherited by the fork).
+    """
     files = []
+    shadow_makers = list((shadows or {}).values())
     for key, factory in policies.items():
-        policy = factory()
-        shadow_policies = [make() for make in (shadows or {}).values()]
-        frames = [run_session(policy, trace, manifest, client=trace.name, shadows=shadow_policies,
-                              start_s=start).decisions for trace, start in plays]
+        if workers > 1 and len(plays) > 1:
+            shares = [(factory, shadow_makers, plays[i::workers]) for i in range(workers)]
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                frame = pd.concat(pool.map(_play_share, shares), ignore_index=True)
+        else:
+            frame = _play(factory, shadow_makers, plays)
+        frames = [frame]
         path = out / key / "decisions.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         write_decisions(pd.concat(frames, ignore_index=True), path, key)
@@ -237,7 +261,8 @@ def learn(recipe: Recipe, out_dir: str | Path, log: Callable[[str], None] = prin
     t0 = time.perf_counter()
     traces = training_traces(recipe)
     log(f"[{recipe.name}] {len(traces)} training traces x {recipe.starts_per_trace} starts; teachers {recipe.teachers}")
-    files = collect({t: _teacher(t) for t in recipe.teachers}, sessions(recipe, traces, 0), out / "experience")
+    files = collect({t: _teacher(t) for t in recipe.teachers}, sessions(recipe, traces, 0), out / "experience",
+                    workers=recipe.workers)
     log(f"[{recipe.name}] experience: {time.perf_counter() - t0:.0f} s")
     selector = ClosedLoopSelector(log)
     log(f"[{recipe.name}] selection: RobustMPC on the select halves {selector.baseline}")
@@ -248,7 +273,8 @@ def learn(recipe: Recipe, out_dir: str | Path, log: Callable[[str], None] = prin
             model, config = _load_learned(checkpoint, recipe.model.kind)
             dagger_dir = out / f"dagger-{round_}"
             files_round = collect({"learned": learned_policy(model, config)}, sessions(recipe, traces, round_), dagger_dir,
-                                  shadows={recipe.dagger.teacher: _teacher(recipe.dagger.teacher)})
+                                  shadows={recipe.dagger.teacher: _teacher(recipe.dagger.teacher)},
+                                  workers=recipe.workers)
             trail.setdefault("dagger_files", []).extend(str(f) for f in files_round)
         dagger_files = [Path(f) for f in trail.get("dagger_files", [])]
         pool_dir = out / f"pool-{round_}"

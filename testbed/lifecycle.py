@@ -71,6 +71,13 @@ def stop_signals_interrupt() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def ignore_stop_signals() -> None:
+    """From now on the process is stopping: further stop signals must not cut its exit short."""
+    if _in_main_thread():
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def uninterruptible() -> Iterator[list[int]]:
     """Defer the stop signals while the block runs (a cleanup must finish); yields the signals that came.

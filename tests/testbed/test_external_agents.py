@@ -23,7 +23,7 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 #: One L4S and one classic bulk flow and one short video session over a 20 Mbps DualPI2 bottleneck.
 SCENARIO = {
     "name": "external-agents",
-    "duration_s": 3,
+    "duration_s": 5,
     "bottleneck": {"rate_mbps": 20, "delay_ms": 1},
     "flows": [{"name": "l4s", "kind": "l4s", "rtt_ms": 20}, {"name": "classic", "kind": "classic", "rtt_ms": 20}],
     "video": [{"name": "v", "rtt_ms": 20, "n_chunks": 3}],
@@ -51,7 +51,7 @@ def _finish(proc: subprocess.Popen, result: Path) -> dict:
 @pytest.mark.slow
 def test_external_aqm_and_abr_agents_drive_the_run(tmp_path, capsys):
     aqm_port, abr_port = free_port(), free_port()
-    proc, result = _start_agent(tmp_path, f"aqm:{aqm_port}:0.01", f"abr:{abr_port}:2")
+    proc, result = _start_agent(tmp_path, f"aqm:{aqm_port}:0.1", f"abr:{abr_port}:2")
     out = tmp_path / "run"
     # A step timeout far below the simulation's start-up: the connection wait has its own limit.
     rc = main(["run", str(_scenario(tmp_path)), "--aqm", f"tcp://127.0.0.1:{aqm_port}",
@@ -59,7 +59,7 @@ def test_external_aqm_and_abr_agents_drive_the_run(tmp_path, capsys):
     served = _finish(proc, result)
     assert rc == 0, capsys.readouterr().err
     assert "waiting up to 120 s for your agent at tcp://127.0.0.1:" in capsys.readouterr().err
-    assert served["aqm"]["terminated"] and served["aqm"]["steps"] == int(3 / 0.016)
+    assert served["aqm"]["terminated"] and served["aqm"]["steps"] == int(5 / 0.016)
     assert served["aqm"]["info"]["reason"] == "SimulationEnd" and "error" not in served["aqm"]["info"]
     assert served["abr"]["terminated"] and served["abr"]["steps"] == 2  # chunks 1 and 2; chunk 0 is the start one
     config = yaml.safe_load((out / "config.yaml").read_text())
