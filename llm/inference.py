@@ -38,7 +38,15 @@ import torch
 
 from llm.backbone import load_backbone, resolve_dtype
 from llm.features import RewardScale, feature_spec, p_prime_grid
-from llm.policy import DEFAULT_WINDOW, DecisionSession, DecisionTransformerPolicy, PolicyConfig, build_policy
+from llm.policy import (
+    DEFAULT_WINDOW,
+    DecisionSession,
+    DecisionTransformerPolicy,
+    PendingStep,
+    PolicyConfig,
+    build_policy,
+    step_sessions,
+)
 from llm.train import load_policy
 
 
@@ -86,6 +94,10 @@ class LlmDecider:
         self._generator = torch.Generator(device=self._device).manual_seed(seed)
         self.reset()
 
+    def fork(self) -> LlmDecider:
+        """A decider for another stream: the same model (no copy of its weights), a context of its own."""
+        return LlmDecider(self.policy, self.config, keep_steps=self._session.keep_steps, greedy=self.greedy)
+
     @property
     def task(self) -> str:
         return self.config.task
@@ -112,6 +124,8 @@ class LlmDecider:
         """Load a trained policy; LoRA is merged into the LM by default (same outputs, fewer matmuls)."""
         torch_device, torch_dtype = resolve_device(device, dtype)
         policy, config = load_policy(path, device=torch_device, dtype=torch_dtype, merge_lora=merge_lora)
+        if merge_lora and policy.decoder is not None:
+            policy.decoder.fuse()  # the adapter is in the weights now: fuse them for inference
         return cls(policy, config, keep_steps=keep_steps, greedy=greedy, seed=seed)
 
     @classmethod
@@ -145,7 +159,10 @@ class LlmDecider:
         )
         torch.manual_seed(seed)
         lm = load_backbone(backbone_dir, dtype=torch_dtype, device=torch_device)
-        return cls(build_policy(config, lm, dtype=torch_dtype), config, keep_steps=keep_steps, seed=seed)
+        policy = build_policy(config, lm, dtype=torch_dtype)
+        if policy.decoder is not None:
+            policy.decoder.fuse()
+        return cls(policy, config, keep_steps=keep_steps, seed=seed)
 
     def reset(self) -> None:
         """Start a new episode: empty context, target return back at the pool's maximum."""
@@ -161,28 +178,54 @@ class LlmDecider:
         except KeyError as missing:
             raise KeyError(f"observation lacks field {missing.args[0]!r} that this policy reads") from None
 
-    @torch.no_grad()
-    def decide(self, obs: Mapping[str, float], reward: float) -> int:
-        """The action index for ``obs``; ``reward`` is the one for the previous action."""
-        t0 = time.perf_counter()
+    def _begin(self, obs: Mapping[str, float], reward: float) -> PendingStep:
         self._rows.append(self._vector(obs))
         state = self._spec.normalise(self._spec.raw_features(np.stack(self._rows))[-1:])
         if self._step > 0:
             self._target -= float(self.config.rewards.scale_rewards(reward))
         rtg = self._target / self.config.rewards.return_divisor if self.config.return_conditioning else 0.0
         timestep = min(self._step, self.config.max_timestep)
-        logits = self._session.step(
-            torch.tensor([rtg], dtype=torch.float32),
-            torch.from_numpy(state),
-            torch.tensor([timestep]),
+        return self._session.begin(
+            torch.tensor([rtg], dtype=torch.float32), torch.from_numpy(state), torch.tensor([timestep]),
             self._prev_action,
         )
+
+    def _choose(self, logits: torch.Tensor) -> int:
         if self.greedy:
             action = logits.argmax(-1)
         else:
             action = torch.multinomial(logits.softmax(-1), 1, generator=self._generator).squeeze(-1)
         self._prev_action = action
         self._step += 1
-        index = int(action.item())  # .item() waits for the device, so the wall time below is complete
+        return int(action.item())  # .item() waits for the device, so a caller's wall time is complete
+
+    @torch.no_grad()
+    def decide(self, obs: Mapping[str, float], reward: float) -> int:
+        """The action index for ``obs``; ``reward`` is the one for the previous action."""
+        t0 = time.perf_counter()
+        index = self._choose(step_sessions([self._begin(obs, reward)])[0])
         self.latency_ms.append((time.perf_counter() - t0) * 1e3)
         return index
+
+    @property
+    def blocks_run(self) -> int:
+        """Blocks the last decision ran (fewer than all after an early exit)."""
+        return self._session.blocks_run
+
+
+@torch.no_grad()
+def decide_batch(deciders: Sequence[LlmDecider], observations: Sequence[Mapping[str, float]],
+                 rewards: Sequence[float]) -> list[int]:
+    """One decision for each of many streams of one policy, in as few forward passes as their contexts allow.
+
+    Each decider keeps its own context, KV cache and positions; the result equals calling
+    ``decide`` on each in turn up to float rounding. Every decider's ``latency_ms`` gets the
+    batch's wall time (what each stream waited).
+    """
+    t0 = time.perf_counter()
+    pendings = [d._begin(o, r) for d, o, r in zip(deciders, observations, rewards, strict=True)]
+    indices = [d._choose(logits) for d, logits in zip(deciders, step_sessions(pendings), strict=True)]
+    elapsed_ms = (time.perf_counter() - t0) * 1e3
+    for d in deciders:
+        d.latency_ms.append(elapsed_ms)
+    return indices

@@ -329,6 +329,55 @@ def action_loss(
     return loss, accuracy
 
 
+@dataclass
+class PendingStep:
+    """The tokens one session must run for its current step, from cache position ``start``."""
+
+    session: DecisionSession
+    embeds: torch.Tensor
+    start: int
+
+
+@torch.no_grad()
+def step_sessions(pendings: list[PendingStep]) -> list[torch.Tensor]:
+    """Run the pending steps of many sessions of one policy, batching those that can share a forward pass.
+
+    Sessions that append the same number of tokens to their caches (the usual case: one step each)
+    run as one ragged batch through the layer loop, each at its own cache position; a session
+    rebuilding its context runs alone. With exit heads, a batch exits only when every row is
+    confident (CALM). Returns each session's logits, in order.
+    """
+    if not pendings:
+        return []
+    policy = pendings[0].session.policy
+    if any(p.session.policy is not policy for p in pendings):
+        raise ValueError("step_sessions batches sessions of one policy")
+    results: list[torch.Tensor | None] = [None] * len(pendings)
+    if policy.decoder is None:  # the library's forward: one session at a time
+        for i, p in enumerate(pendings):
+            results[i] = p.session.finish(p.session._run(p, None))
+        return results
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(pendings):
+        if p.start == 0 or p.session.batch_size != 1:
+            results[i] = p.session.finish(p.session._run(p, p.session._exit_check()))
+        else:
+            groups.setdefault(tuple(p.embeds.shape[1:]), []).append(i)
+    lm_dtype = policy.backbone.get_input_embeddings().weight.dtype
+    for members in groups.values():
+        batch = [pendings[i] for i in members]
+        n = batch[0].embeds.shape[1]
+        embeds = torch.cat([p.embeds for p in batch]).to(lm_dtype)
+        positions = torch.stack([torch.arange(p.start, p.start + n, device=embeds.device) for p in batch])
+        kvs = [p.session._cache[0] for p in batch]
+        out = policy.decoder.forward(embeds, positions, kvs, exit_check=batch[0].session._exit_check())
+        for row, (i, p) in enumerate(zip(members, batch, strict=True)):
+            p.session._cached_tokens = p.start + n
+            single = StepOutput(hidden=out.hidden[row:row + 1], blocks_run=out.blocks_run)
+            results[i] = p.session.finish(single)
+    return results
+
+
 class DecisionSession:
     """Step-by-step inference for ``batch_size`` environments acting in lockstep, reusing the KV cache.
 
@@ -396,6 +445,17 @@ class DecisionSession:
         prev_actions: torch.Tensor | None,
     ) -> torch.Tensor:
         """Logits (B, n_actions) for this step; inputs (B,), (B, D), (B,) and the previous actions (B,)."""
+        pending = self.begin(returns, states, timesteps, prev_actions)
+        return self.finish(self._run(pending, self._exit_check()))
+
+    def begin(
+        self,
+        returns: torch.Tensor,
+        states: torch.Tensor,
+        timesteps: torch.Tensor,
+        prev_actions: torch.Tensor | None,
+    ) -> PendingStep:
+        """Add a step to the context and say what the LM must run for it (see :func:`step_sessions`)."""
         device = self.policy.head.weight.device
         if self._returns:
             if prev_actions is None:
@@ -413,19 +473,17 @@ class DecisionSession:
         self._timesteps.append(timesteps.to(device=device, dtype=torch.long).reshape(self.batch_size))
 
         policy = self.policy
-        exit_check = self._exit_check()
         if not self.use_cache or slide or self._cache is None:
             self.rebuilds += int(slide and self.use_cache)
-            embeds = policy.sequence(*self.context())
             self._cache = self._new_cache() if self.use_cache else None
-            out = self._run(embeds, 0, exit_check)
-        else:
-            action = policy.action_tokens(self._actions[-1][:, None], self._timesteps[-2][:, None])
-            state = policy.step_tokens(
-                self._returns[-1][:, None], self._states[-1][:, None], self._timesteps[-1][:, None]
-            )
-            new = torch.cat([action[:, 0], state[:, 0]], dim=1)
-            out = self._run(new, self._cached_tokens, exit_check)
+            return PendingStep(self, policy.sequence(*self.context()), 0)
+        action = policy.action_tokens(self._actions[-1][:, None], self._timesteps[-2][:, None])
+        state = policy.step_tokens(self._returns[-1][:, None], self._states[-1][:, None], self._timesteps[-1][:, None])
+        return PendingStep(self, torch.cat([action[:, 0], state[:, 0]], dim=1), self._cached_tokens)
+
+    def finish(self, out: StepOutput) -> torch.Tensor:
+        """The step's logits from the LM's output: the final head, or the exit head the step stopped at."""
+        policy = self.policy
         self.blocks_run = out.blocks_run
         last = out.hidden[:, -1].to(policy.param_dtype)
         if policy.decoder is not None and out.blocks_run < policy.decoder.n_blocks:
@@ -439,8 +497,9 @@ class DecisionSession:
         capacity = (policy.window + 1) * policy.tokens_per_step
         return [policy.decoder.new_kv(capacity) for _ in range(self.batch_size)]
 
-    def _run(self, embeds: torch.Tensor, start: int, exit_check) -> StepOutput:
+    def _run(self, pending: PendingStep, exit_check) -> StepOutput:
         policy = self.policy
+        embeds, start = pending.embeds, pending.start
         b, n, _ = embeds.shape
         self._cached_tokens = start + n
         if policy.decoder is None:

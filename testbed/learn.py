@@ -197,9 +197,15 @@ def _play(factory: Callable, shadows: list[Callable], plays: list[tuple[Bandwidt
     return pd.concat(frames, ignore_index=True)
 
 
-def _play_share(args: tuple) -> pd.DataFrame:
+#: (factory, shadow makers, plays, workers) of the collection being forked: workers inherit it (closures and
+#: in-memory models do not pickle)
+_FORKED_JOB: tuple | None = None
+
+
+def _play_share(share: int) -> pd.DataFrame:
     torch.set_num_threads(1)  # one worker per core
-    return _play(*args)
+    factory, shadows, plays, workers = _FORKED_JOB
+    return _play(factory, shadows, plays[share::workers])
 
 
 def collect(policies: dict[str, Callable], plays: list[tuple[BandwidthTrace, float]], out: Path,
@@ -213,9 +219,13 @@ def collect(policies: dict[str, Callable], plays: list[tuple[BandwidthTrace, flo
     shadow_makers = list((shadows or {}).values())
     for key, factory in policies.items():
         if workers > 1 and len(plays) > 1:
-            shares = [(factory, shadow_makers, plays[i::workers]) for i in range(workers)]
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                frame = pd.concat(pool.map(_play_share, shares), ignore_index=True)
+            global _FORKED_JOB
+            _FORKED_JOB = (factory, shadow_makers, plays, workers)
+            try:
+                with multiprocessing.get_context("fork").Pool(workers) as pool:
+                    frame = pd.concat(pool.map(_play_share, range(workers)), ignore_index=True)
+            finally:
+                _FORKED_JOB = None
         else:
             frame = _play(factory, shadow_makers, plays)
         frames = [frame]
