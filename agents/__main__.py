@@ -14,7 +14,7 @@ from typing import Any
 
 from agents.env import OpenGymEnv
 from agents.policy import CONTROLS
-from agents.registry import make_policy
+from agents.registry import make_policy, policy_names
 from agents.serve import serve
 
 _log = logging.getLogger("agents")
@@ -67,13 +67,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--behind", default=None, metavar="NAME",
                    help="with --mode shadow, the classic policy that acts (e.g. pi2, mpc)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")
+
+    s = commands.add_parser("server", help="one process, one model per control kind, any number of control points "
+                            "(of one run or of many), LLM decisions batched")
+    s.add_argument("--aqm", default=None, metavar="NAME", help="acting policy of AQM control points (e.g. llm)")
+    s.add_argument("--abr", default=None, metavar="NAME", help="acting policy of ABR control points (e.g. llm)")
+    s.add_argument("--shadow", action="append", default=[], metavar="NAME",
+                   help="shadow policy, for the control kinds it fits (repeatable)")
+    s.add_argument("--aqm-arg", action="append", default=[], type=_policy_arg, metavar="KEY=VALUE",
+                   help="keyword argument of the AQM policy (e.g. checkpoint=DIR)")
+    s.add_argument("--abr-arg", action="append", default=[], type=_policy_arg, metavar="KEY=VALUE",
+                   help="keyword argument of the ABR policy (e.g. checkpoint=DIR)")
+    s.add_argument("--port", type=int, default=5555, help="TCP port to bind (0 picks a free one; default 5555)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--out", default=None, metavar="DIR",
+                   help="decision logs of peers whose run directory is not reachable from here")
+    s.add_argument("--max-batch", type=int, default=16, help="most streams in one forward pass (default 16)")
+    s.add_argument("--max-wait-ms", type=float, default=2.0,
+                   help="longest wait for more decisions to batch with the first (default 2 ms)")
+    s.add_argument("--streams", type=int, default=None,
+                   help="stop after this many episodes have ended (default: serve until stopped)")
+    s.add_argument("--idle-timeout", type=_seconds, default=None, metavar="S",
+                   help="stop after this long without a message (default: never)")
+    s.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
+
+
+def _server(args: argparse.Namespace) -> int:
+    from agents.server import PolicyServer
+
+    policies = {}
+    for control, name, kwargs in (("aqm", args.aqm, dict(args.aqm_arg)), ("abr", args.abr, dict(args.abr_arg))):
+        if name is None:
+            continue
+        base = make_policy(control, name, **kwargs)  # loaded once: LLM streams fork it, sharing the model
+        shadow_names = [n for n in args.shadow if n in policy_names(control)]
+
+        def make(control=control, name=name, kwargs=kwargs, base=base, shadow_names=shadow_names):
+            acting = base.fork() if hasattr(base, "fork") else make_policy(control, name, **kwargs)
+            return acting, [make_policy(control, n) for n in shadow_names]
+
+        policies[control] = make
+    unused = [n for n in args.shadow if not any(n in policy_names(c) for c in policies)]
+    if unused:
+        raise ValueError(f"shadow policy {', '.join(unused)} fits none of the served control kinds")
+    server = PolicyServer(policies, host=args.host, port=args.port, out=args.out, max_batch=args.max_batch,
+                          max_wait_ms=args.max_wait_ms, streams=args.streams)
+    _log.info("policy server on %s: %s", server.endpoint,
+              ", ".join(f"{c} {n}" for c, n in (("aqm", args.aqm), ("abr", args.abr)) if n))
+    server.run(args.idle_timeout)
+    sizes = server.batches
+    _log.info("done: %d decisions, %d streams; LLM batches: %d, mean size %.2f", server.decisions, server.finished,
+              len(sizes), sum(sizes) / len(sizes) if sizes else 0.0)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "server":
+        try:
+            return _server(args)
+        except Exception as exc:
+            _log.debug("server failed", exc_info=True)
+            _log.error("%s: %s", type(exc).__name__, " | ".join(ln for ln in str(exc).splitlines() if ln.strip()))
+            return 1
     env: OpenGymEnv | None = None
     try:
         main_policy = make_policy(args.control, args.policy, **dict(args.policy_arg))

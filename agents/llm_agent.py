@@ -21,6 +21,7 @@ not for decisions.
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import time
@@ -116,7 +117,26 @@ class LlmPolicy:
             self._pending.result()
             self._pending = None
 
-    def _to_action(self, index: int) -> float | int:
+    def fork(self) -> LlmPolicy:
+        """A policy for another stream that shares this one's model (the policy server's streams)."""
+        deadline_ms = None if self.deadline_s is None else self.deadline_s * 1e3
+        return LlmPolicy(self.control, decider=self.decider.fork(), deadline_ms=deadline_ms,
+                         fallback=copy.deepcopy(self.fallback))
+
+    @property
+    def batchable(self) -> bool:
+        """Whether :func:`act_batch` may decide for it (no deadline thread; a decision transformer)."""
+        from llm.inference import LlmDecider
+
+        return self._pool is None and isinstance(self.decider, LlmDecider)
+
+    def features(self, obs: AqmObservation | AbrObservation) -> dict[str, float]:
+        """The observation by field name, as the decider reads it."""
+        names = AqmObservation.field_names() if self.control == "aqm" else AbrObservation.field_names(obs.n_levels)
+        return dict(zip(names, obs.to_vector().tolist(), strict=True))
+
+    def to_action(self, index: int) -> float | int:
+        """The policy's answer for an action index: p' for AQM, the quality index for ABR."""
         if self.control == "aqm":
             values = self.decider.action_values
             grid = values if values is not None else aqm_action_grid(self.decider.n_actions)
@@ -124,9 +144,7 @@ class LlmPolicy:
         return int(index)
 
     def act(self, obs: AqmObservation | AbrObservation) -> float | int:
-        vector = obs.to_vector()
-        names = AqmObservation.field_names() if self.control == "aqm" else AbrObservation.field_names(obs.n_levels)
-        features = dict(zip(names, vector.tolist(), strict=True))
+        features = self.features(obs)
         fallback_action = self.fallback.act(obs) if self.fallback is not None else None
         self._settle()
         self.decisions += 1
@@ -145,9 +163,30 @@ class LlmPolicy:
                 return fallback_action
         self.latency_ms.append((time.perf_counter() - t0) * 1e3)
         self.last_fallback = False
-        return self._to_action(index)
+        return self.to_action(index)
 
     def close(self) -> None:
         self._settle()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+
+
+def act_batch(policies: list[LlmPolicy], observations: list) -> list[float | int]:
+    """Decide for many streams of one model in as few forward passes as their contexts allow.
+
+    Equal, up to float rounding, to calling ``act`` on each (see :func:`llm.inference.decide_batch`).
+    """
+    from llm.inference import decide_batch
+
+    if not policies:
+        return []
+    if any(not p.batchable for p in policies):
+        raise ValueError("act_batch needs llm policies without a decision deadline")
+    indices = decide_batch([p.decider for p in policies], [p.features(o) for p, o in zip(policies, observations,
+                                                                                          strict=True)],
+                           [p._reward for p in policies])
+    for p in policies:
+        p.decisions += 1
+        p.latency_ms.append(p.decider.latency_ms[-1])
+        p.last_fallback = False
+    return [p.to_action(i) for p, i in zip(policies, indices, strict=True)]

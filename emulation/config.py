@@ -209,9 +209,11 @@ class AqmControlConfig(_AgentEndpoint):
 
 
 class AbrControlConfig(_AgentEndpoint):
-    """Video clients' quality choices served by agents: client i uses port + i."""
+    """Video clients' quality choices served by agents: client i uses port + i (or, with ``one_endpoint``,
+    every client the same port: a policy server that tells clients apart by their connection's identity)."""
 
     port: int = Field(5600, ge=1, le=65535)
+    one_endpoint: bool = False
 
 
 class ControlConfig(_Strict):

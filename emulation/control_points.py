@@ -25,6 +25,8 @@ state whose ``info`` says why (``error`` or ``ended_by``) and whose reason is
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from gymnasium import spaces
 
@@ -82,7 +84,7 @@ class AqmControlPoint:
         queue.SetAttribute("ExternalControl", ns.BooleanValue(True))
         self.rate_bps = sim.config.bottleneck.rate_mbps * 1e6
         self._prev = self._snapshot()
-        self.iface.connect()
+        self.iface.connect(control_point_identity(self.name, sim))
         # C++ holds only a reference: keep the callable alive for the whole run.
         self._hook = sim.guard(self._tick)
         queue.SetExternalUpdateHook(self._hook)
@@ -170,8 +172,8 @@ class AbrControlPoint:
         self._last: AbrObservation | None = None
         self._step = 0
 
-    def connect(self) -> None:
-        self.iface.connect()
+    def connect(self, identity: str | None = None) -> None:
+        self.iface.connect(identity)
 
     def chunk_reward(self, obs: AbrObservation) -> float:
         """QoE_lin of the chunk just downloaded (0 before the first; the first chunk pays no smoothness term)."""
@@ -198,6 +200,12 @@ class AbrControlPoint:
         return _round_trip_stats(self.iface)
 
 
+def control_point_identity(name: str, sim) -> str:
+    """``<control point>@<run directory>``: how a policy server tells the control points of many runs apart
+    (and where it finds each run's directory for the decision logs)."""
+    return f"{name}@{Path(sim.out_dir).resolve()}"
+
+
 class AbrControlGroup:
     """Component that connects every ABR control point before the run and closes them after."""
 
@@ -206,7 +214,7 @@ class AbrControlGroup:
 
     def attach(self, sim) -> None:
         for point in self.points:
-            point.connect()
+            point.connect(control_point_identity(point.name, sim))
 
     def finish(self, sim) -> None:
         stats = sim.summary_extra.setdefault("control", {})

@@ -33,6 +33,12 @@ DISCRETE_REPLY_CACHE = 4096
 CLOSE_REPLY_TIMEOUT_S = 2.0
 
 
+def routing_id(identity: str) -> bytes:
+    """A ZeroMQ routing id for ``identity``: at most 255 bytes, never starting with a zero byte."""
+    data = identity.encode()
+    return data if len(data) <= 255 else data[:120] + b"..." + data[-132:]
+
+
 class ControlPointError(RuntimeError):
     """A control point cannot get a valid action from its agent (timeout, bad action, malformed reply)."""
 
@@ -99,13 +105,20 @@ class OpenGymInterface:
     def _where(self) -> str:
         return f"control point '{self.name}' at {self.endpoint}"
 
-    def connect(self) -> None:
-        """Connect, announce the spaces and wait for the agent's SimInitAck (up to ``connect_timeout_s``)."""
+    def connect(self, identity: str | None = None) -> None:
+        """Connect, announce the spaces and wait for the agent's SimInitAck (up to ``connect_timeout_s``).
+
+        ``identity`` names this control point to a peer that serves many (a policy server's ROUTER
+        socket sees it as the connection's routing id; a plain REP agent never sees it). It is a
+        ZeroMQ handshake property: the bytes of the ns3-gym messages are unchanged.
+        """
         if self._socket is not None:
             raise ControlPointError(f"{self._where()} is already connected")
         init = codec.build_sim_init(self.obs_space, self.act_space, sim_process_id=os.getpid(), waf_shell_process_id=0)
         sock = zmq.Context.instance().socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
+        if identity:
+            sock.setsockopt(zmq.ROUTING_ID, routing_id(identity))
         self._set_timeouts(sock, self.connect_timeout_s)
         try:
             sock.connect(self.endpoint)

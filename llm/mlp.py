@@ -192,6 +192,10 @@ class MlpDecider:
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", **_: object) -> MlpDecider:
         return cls(*load_mlp(path, "cpu" if device == "auto" else device))
 
+    def fork(self) -> MlpDecider:
+        """A decider for another stream, sharing the model."""
+        return MlpDecider(self.model, self.config)
+
     @property
     def task(self) -> str:
         return self.config.task

@@ -30,7 +30,7 @@ from testbed.runner import run_claimed
 
 BACKENDS = ("local", "ray")
 #: Command-line markers of the processes run_config starts (the simulation and the agents).
-_RUN_PROCESS_MARKERS = ("testbed.simproc", "agents serve")
+_RUN_PROCESS_MARKERS = ("testbed.simproc", "agents serve", "agents server")
 #: Environment variables that configure agents (TESTBED_LLM_CHECKPOINT, ...): forwarded to Ray tasks.
 _FORWARDED_ENV_PREFIX = "TESTBED_"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from testbed import lifecycle
+from testbed.grid import policy_server_choice
 from testbed.runner import DEFAULT_RUNS_DIR, default_run_dir, parse_agent, run_config, with_agents
 from testbed.scenario import ScenarioError, list_scenarios, load_scenario
 
@@ -78,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     aqm = parse_agent(None if args.aqm in (None, "dualpi2") else args.aqm.removesuffix("-agent"), "--aqm")
     abr = parse_agent(args.abr, "--abr")
     config, agents = with_agents(config, aqm, abr, tuple(args.shadow), timeout_s=args.agent_timeout,
-                                 connect_timeout_s=args.agent_connect_timeout)
+                                 connect_timeout_s=args.agent_connect_timeout, policy_server=policy_server_choice())
     # The default directory belongs to the testbed: a new run of the same scenario, policy and seed replaces it.
     run_dir = Path(args.out) if args.out else default_run_dir(config, Path(args.runs_dir), agents)
     print(f"running {config.name} (seed {config.seed}, {config.duration_s:g} s simulated) -> {run_dir}", file=sys.stderr)
@@ -150,6 +151,7 @@ def _grid_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-failed", action="store_true", help="run again the runs that failed before")
     parser.add_argument("--timeout", type=_positive_seconds, help="wall-clock limit of each run in seconds")
     _agent_timeouts(parser, connect=False)
+    _policy_server_option(parser)
     parser.add_argument("--llm-checkpoint", help="adapted LLM checkpoint directory for the llm policy (acting or "
                         "shadow; on a shared filesystem with --backend ray)")
     parser.add_argument("--llm-backbone", help="without a checkpoint: local model dir, 'default' (SmolLM2-135M) or "
@@ -162,6 +164,15 @@ def _agent_env(args: argparse.Namespace) -> None:
         os.environ["TESTBED_LLM_CHECKPOINT"] = str(Path(args.llm_checkpoint).resolve())
     if args.llm_backbone:
         os.environ["TESTBED_LLM_BACKBONE"] = args.llm_backbone
+    if args.policy_server:
+        os.environ["TESTBED_POLICY_SERVER"] = args.policy_server
+
+
+def _policy_server_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy-server", metavar="auto|none|tcp://HOST:PORT",
+                        help="where LLM control points are answered: auto (default) one policy server per run "
+                        "holding one model for all of them; none: an agent process per control point; "
+                        "tcp://HOST:PORT: a running `python -m agents server` (shared by every run)")
 
 
 def _print_report(paths: ReportPaths) -> int:
@@ -225,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shadow", action="append", default=[], metavar="NAME",
                      help="policy that shadows the acting one in each agent the testbed starts (repeatable)")
     _agent_timeouts(run)
+    _policy_server_option(run)
     run.add_argument("--llm-checkpoint", help="adapted LLM checkpoint directory for the llm policy (acting or shadow)")
     run.add_argument("--llm-backbone", help="without a checkpoint: local model dir, 'default' (SmolLM2-135M) or 'tiny'")
     run.add_argument("--real", action="store_true", help="real mode (emulation.mode: real): in real time, endpoints "

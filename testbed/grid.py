@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from emulation.config import SimulationConfig
-from testbed.runner import AgentSpec, check_under, with_agents
+from testbed.runner import AgentSpec, ExternalAgent, check_under, parse_agent, with_agents
 from testbed.scenario import ScenarioError, load_scenario, resolve_scenario_path
 
 #: The bare policy meaning "no AQM agent": the scenario's own queue disc (in-queue PI2 for dualpi2).
@@ -201,7 +202,8 @@ class RunSpec:
         """The run's config and agents; agent ports are chosen here, so call it where the run executes."""
         config = load_scenario(self.scenario, {**self.overrides, "seed": self.seed})
         policy = parse_policy(self.policy)
-        return with_agents(config, policy.aqm, policy.abr, policy.shadows, timeout_s=agent_timeout_s)
+        return with_agents(config, policy.aqm, policy.abr, policy.shadows, timeout_s=agent_timeout_s,
+                           policy_server=policy_server_choice())
 
     def to_json(self) -> dict:
         return {"scenario": self.scenario, "scenario_name": self.scenario_name, "overrides": self.overrides,
@@ -212,6 +214,13 @@ class RunSpec:
         return cls(scenario=data["scenario"], scenario_name=data["scenario_name"], overrides=dict(data["overrides"]),
                    seed=int(data["seed"]), policy=data["policy"], run_dir=Path(data["run_dir"]),
                    params=dict(data.get("params") or {}))
+
+
+def policy_server_choice() -> str | ExternalAgent:
+    """Where the LLM control points of grid runs find their policy server: ``$TESTBED_POLICY_SERVER``
+    (``auto``: one per run, the default; ``none``; or ``tcp://HOST:PORT``, one server for the whole grid)."""
+    choice = os.environ.get("TESTBED_POLICY_SERVER", "auto")
+    return parse_agent(choice, "--policy-server") if choice.startswith("tcp://") else choice
 
 
 def expand_grid(scenarios: Iterable[str], policies: Iterable[Policy], seeds: Iterable[int], out: Path,

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -50,6 +50,29 @@ class AgentSpec:
     policy_args: tuple[tuple[str, str], ...] = ()
     #: longest wait for the simulation's first message (covers the simulation's start-up)
     connect_timeout_s: float = 120.0
+
+
+@dataclass
+class ServerSpec:
+    """The policy server of the run (``python -m agents server``): one model per control kind for every
+    control point whose acting policy is ``serves[control]``."""
+
+    serves: dict[str, str]
+    port: int
+    streams: int
+    shadows: tuple[str, ...] = ()
+    policy_args: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    host: str = LOOPBACK
+    connect_timeout_s: float = 120.0
+    control_point: str = "policy-server"
+
+    @property
+    def policy(self) -> str:
+        return "+".join(f"{c}={p}" for c, p in sorted(self.serves.items()))
+
+
+#: Acting policies a run serves from one policy server by default (one model shared by its control points).
+SERVED_POLICIES = ("llm",)
 
 
 @dataclass
@@ -100,13 +123,19 @@ def _control(cls: type, current, option: str, **update):
 def with_agents(config: SimulationConfig, aqm: str | ExternalAgent | None, abr: str | ExternalAgent | None,
                 shadows: tuple[str, ...] = (), timeout_s: float = 30.0, aqm_args: dict | None = None,
                 abr_args: dict | None = None,
-                connect_timeout_s: float = 120.0) -> tuple[SimulationConfig, list[AgentSpec]]:
+                connect_timeout_s: float = 120.0,
+                policy_server: str | ExternalAgent | None = "auto") -> tuple[SimulationConfig, list]:
     """Turn on the wire control points for the chosen agents; return the config and the agents to start.
 
     ``aqm``/``abr`` name a policy (the runner starts its agent, bound to 127.0.0.1 whatever host the
     scenario names), an :class:`ExternalAgent` (started by someone else), or None: then only a control
     point the scenario marks ``external: true`` stays on (with these timeouts), and otherwise the queue
     runs its own PI2 and each video client its configured ABR.
+
+    Control points whose acting policy is an LLM (:data:`SERVED_POLICIES`) share one policy server:
+    ``policy_server="auto"`` starts one for the run (a :class:`ServerSpec` among the agents), an
+    :class:`ExternalAgent` points them at a server already running (shared by a sweep), ``None``
+    gives every control point its own agent process as for classic policies.
     """
     from agents.registry import policy_names
 
@@ -131,20 +160,45 @@ def with_agents(config: SimulationConfig, aqm: str | ExternalAgent | None, abr: 
             return _control(cls, current, option, **timeouts)
         return None
 
-    aqm_port = free_port() if isinstance(aqm, str) else None
-    control.aqm = endpoint(AqmControlConfig, control.aqm, aqm, "--aqm", aqm_port)
-    if isinstance(aqm, str):
-        agents.append(AgentSpec("aqm", aqm, "aqm", aqm_port, shadows_for("aqm"), LOOPBACK,
-                                tuple((aqm_args or {}).items()), connect_timeout_s))
     clients = config.all_video()
     if abr is not None and not clients:
         raise ValueError(f"scenario '{config.name}' has no video clients for an ABR agent")
-    # Client i talks to port + i: the runner reserves a contiguous block starting at a free port.
-    base = _free_block(len(clients)) if isinstance(abr, str) else None
-    control.abr = endpoint(AbrControlConfig, control.abr, abr, "--abr", base)
-    if isinstance(abr, str):
-        agents += [AgentSpec("abr", abr, f"abr-{c.name}", base + i, shadows_for("abr"), LOOPBACK,
-                             tuple((abr_args or {}).items()), connect_timeout_s) for i, c in enumerate(clients)]
+    served = {c: name for c, name in (("aqm", aqm), ("abr", abr)) if isinstance(name, str) and name in SERVED_POLICIES}
+    if policy_server is None or policy_server == "none":
+        served = {}
+    elif not isinstance(policy_server, ExternalAgent) and policy_server != "auto":
+        raise ValueError(f"--policy-server: expected auto, none or tcp://HOST:PORT, got {policy_server!r}")
+    server_port = free_port() if served and policy_server == "auto" else None
+    via = policy_server if isinstance(policy_server, ExternalAgent) else None
+
+    def served_endpoint(cls: type, current, option: str, **extra):
+        if via is not None:
+            return _control(cls, current, option, host=via.host, port=via.port, external=True, **timeouts, **extra)
+        return _control(cls, current, option, host=LOOPBACK, port=server_port, external=False, **timeouts, **extra)
+
+    if "aqm" in served:
+        control.aqm = served_endpoint(AqmControlConfig, control.aqm, "--aqm")
+    else:
+        aqm_port = free_port() if isinstance(aqm, str) else None
+        control.aqm = endpoint(AqmControlConfig, control.aqm, aqm, "--aqm", aqm_port)
+        if isinstance(aqm, str):
+            agents.append(AgentSpec("aqm", aqm, "aqm", aqm_port, shadows_for("aqm"), LOOPBACK,
+                                    tuple((aqm_args or {}).items()), connect_timeout_s))
+    if "abr" in served:  # every client at the server's one endpoint, told apart by its connection's identity
+        control.abr = served_endpoint(AbrControlConfig, control.abr, "--abr", one_endpoint=True)
+    else:
+        # Client i talks to port + i: the runner reserves a contiguous block starting at a free port.
+        base = _free_block(len(clients)) if isinstance(abr, str) else None
+        control.abr = endpoint(AbrControlConfig, control.abr, abr, "--abr", base)
+        if isinstance(abr, str):
+            agents += [AgentSpec("abr", abr, f"abr-{c.name}", base + i, shadows_for("abr"), LOOPBACK,
+                                 tuple((abr_args or {}).items()), connect_timeout_s) for i, c in enumerate(clients)]
+    if server_port is not None:
+        streams = int("aqm" in served) + (len(clients) if "abr" in served else 0)
+        args = {"aqm": tuple((aqm_args or {}).items()), "abr": tuple((abr_args or {}).items())}
+        agents.append(ServerSpec(served, server_port, streams,
+                                 tuple(sorted({s for c in served for s in shadows_for(c)})),
+                                 {c: args[c] for c in served}, LOOPBACK, connect_timeout_s))
     return config.model_copy(update={"control": control}), agents
 
 
@@ -168,7 +222,9 @@ def _free_block(n: int) -> int:
 
 def policy_label(config: SimulationConfig, agents: list[AgentSpec] | None = None) -> str:
     """The run directory's policy part: ``<aqm>-agent`` or the queue type, then the ABR, then shadows."""
-    by_control = {a.control: a.policy for a in agents or []}
+    by_control = {}
+    for a in agents or []:
+        by_control.update(a.serves if isinstance(a, ServerSpec) else {a.control: a.policy})
     for name, point in (("aqm", config.control.aqm), ("abr", config.control.abr)):
         if name not in by_control and point is not None and point.external:
             by_control[name] = "external"
@@ -200,7 +256,10 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def _start_agent(spec: AgentSpec, run_dir: Path, timeout_s: float, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+def _start_agent(spec: AgentSpec | ServerSpec, run_dir: Path, timeout_s: float,
+                 pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    if isinstance(spec, ServerSpec):
+        return _start_server(spec, run_dir, pass_fds)
     out = run_dir / "agents" / spec.control_point
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "agents", "serve", "--control", spec.control, "--policy", spec.policy,
@@ -210,6 +269,19 @@ def _start_agent(spec: AgentSpec, run_dir: Path, timeout_s: float, pass_fds: tup
         cmd += ["--shadow", shadow]
     for key, value in spec.policy_args:
         cmd += ["--policy-arg", f"{key}={value}"]
+    return lifecycle.spawn(cmd, run_dir / f"agent-{spec.control_point}.log", pass_fds)
+
+
+def _start_server(spec: ServerSpec, run_dir: Path, pass_fds: tuple[int, ...]) -> subprocess.Popen:
+    """The run's policy server: it writes each control point's decisions into this run directory itself."""
+    cmd = [sys.executable, "-m", "agents", "server", "--port", str(spec.port), "--host", spec.host,
+           "--streams", str(spec.streams), "--out", str(run_dir / "agents")]
+    for control, policy in spec.serves.items():
+        cmd += [f"--{control}", policy]
+        for key, value in spec.policy_args.get(control, ()):
+            cmd += [f"--{control}-arg", f"{key}={value}"]
+    for shadow in spec.shadows:
+        cmd += ["--shadow", shadow]
     return lifecycle.spawn(cmd, run_dir / f"agent-{spec.control_point}.log", pass_fds)
 
 
