@@ -11,17 +11,18 @@ completes before the next decision, so the KV cache stays consistent. The
 fallback policy sees every observation, so its own state (PI2's previous
 delay, MPC's error history) is current whenever it has to act.
 
-Configuration comes from keyword arguments (``--policy-arg KEY=VALUE``) or,
-for shadows that take none, from the environment: ``TESTBED_LLM_CHECKPOINT``
-(an adapted checkpoint directory) or else ``TESTBED_LLM_BACKBONE`` (a local
-model directory, ``default`` for the shipped SmolLM2-135M, ``tiny`` for a
-small random Llama) with untrained encoders — useful for latency and plumbing,
-not for decisions.
+Which model decides, in order: ``checkpoint=DIR`` (``--policy-arg``);
+``TESTBED_LLM_CHECKPOINT`` when it holds a policy for this control kind;
+``TESTBED_LLM_BACKBONE`` (a local model directory, ``default`` for SmolLM2-135M,
+``tiny`` for a small random Llama) with untrained encoders — for latency and
+plumbing, not decisions; else the policy shipped in the package for the task
+(:mod:`llm.shipped`).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import tempfile
 import time
@@ -37,6 +38,17 @@ from agents.protocol.control_points import AbrObservation, AqmObservation, aqm_a
 DEFAULT_FALLBACK = {"aqm": "pi2", "abr": "mpc"}
 #: ABR observations carry this many quality levels (video1's ladder) when no checkpoint says otherwise.
 DEFAULT_ABR_LEVELS = 6
+
+
+def _checkpoint_from_env(control: str) -> str | None:
+    """``TESTBED_LLM_CHECKPOINT`` if it holds a policy for ``control`` (one run may serve both tasks)."""
+    path = os.environ.get("TESTBED_LLM_CHECKPOINT")
+    if not path:
+        return None
+    config = Path(path) / "policy_config.json"
+    if config.is_file() and json.loads(config.read_text()).get("task") not in (None, control):
+        return None
+    return path
 
 
 def _backbone_dir(spec: str) -> Path:
@@ -72,20 +84,30 @@ class LlmPolicy:
         from llm.inference import LlmDecider, load_decider
 
         self.control = control
-        checkpoint = checkpoint or os.environ.get("TESTBED_LLM_CHECKPOINT")
-        if decider is not None:  # an in-memory policy (closed-loop selection while training)
+        if decider is not None:  # an in-memory policy (closed-loop selection while training, server streams)
             self.decider = decider
-        elif checkpoint:
-            self.decider = load_decider(checkpoint, device=device, dtype=dtype)
         else:
-            backbone = backbone or os.environ.get("TESTBED_LLM_BACKBONE", "default")
-            if control == "aqm":
-                n, fields = int(n_actions or 17), AqmObservation.field_names()
+            checkpoint = checkpoint or _checkpoint_from_env(control)
+            backbone = backbone or os.environ.get("TESTBED_LLM_BACKBONE")
+            if checkpoint is None and backbone is None:
+                from llm.shipped import default_checkpoint
+
+                checkpoint = default_checkpoint(control)
+                if checkpoint is None:
+                    raise ValueError(f"no {control} checkpoint: pass checkpoint=DIR (--llm-checkpoint), or a backbone "
+                                     "for an untrained policy (--llm-backbone tiny|default|DIR)")
+            if checkpoint is not None:
+                self.decider = load_decider(checkpoint, device=device, dtype=dtype)
             else:
-                n = int(n_actions or DEFAULT_ABR_LEVELS)
-                fields = AbrObservation.field_names(n)
-            self.decider = LlmDecider.untrained(control, _backbone_dir(backbone), n, obs_fields=fields,
-                                                device=device, dtype=dtype)
+                if control == "aqm":
+                    n, fields = int(n_actions or 17), AqmObservation.field_names()
+                else:
+                    n = int(n_actions or DEFAULT_ABR_LEVELS)
+                    fields = AbrObservation.field_names(n)
+                self.decider = LlmDecider.untrained(control, _backbone_dir(backbone), n, obs_fields=fields,
+                                                    device=device, dtype=dtype)
+            if self.decider.task != control:
+                raise ValueError(f"checkpoint {checkpoint} is an {self.decider.task} policy, not {control}")
         self.deadline_s = None if deadline_ms in (None, "", "none") else float(deadline_ms) / 1e3
         if self.deadline_s is not None and fallback is None:
             raise ValueError("a decision deadline needs a fallback policy (agents.registry builds it from fallback=NAME)")
