@@ -24,6 +24,7 @@ The default is ``keep_steps = window // 2``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -227,6 +228,19 @@ class DecisionTransformerPolicy(nn.Module):
             raise ValueError(f"need {k} or {k - 1} actions for {k} steps, got {actions.shape[1]}")
         head = torch.cat([steps[:, :-1], acts], dim=2).flatten(1, 2)
         return torch.cat([head, steps[:, -1]], dim=1)
+
+    @contextlib.contextmanager
+    def plain(self):
+        """Run without the latency levers for the block (the reference a lever is distilled toward)."""
+        if self.decoder is None:
+            yield
+            return
+        levers = self.decoder.levers
+        self.decoder.levers = Levers()
+        try:
+            yield
+        finally:
+            self.decoder.levers = levers
 
     def run_lm(
         self,

@@ -24,6 +24,7 @@ A checkpoint directory holds the PEFT adapter (``adapter_config.json``,
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -43,6 +44,8 @@ from llm.pool import Episode, Pool, fit_statistics, load_pool
 CONFIG_FILE = "policy_config.json"
 WEIGHTS_FILE = "policy.safetensors"
 ADAPTER_FILE = "adapter_model.safetensors"
+#: Folder inside a distilled checkpoint holding the teacher's adapter, folded into the backbone at load.
+BASE_ADAPTER_DIR = "base_adapter"
 #: Folder inside the checkpoint that holds a tiny backbone built for the run (``--backbone tiny``).
 TINY_BACKBONE_DIR = "backbone"
 SELECT_ON = ("loss", "accuracy", "closed_loop")
@@ -74,6 +77,13 @@ class TrainSettings:
     #: 'imitation' (cross-entropy to the logged actions) or 'action_values' (regress the teacher's
     #: advantage of every action, where the pool has them: see llm.policy.action_loss)
     objective: str = "imitation"
+    #: latency levers (llm.engine.Levers fields: exit_layers, gates, concurrent, head_mlp, ...)
+    levers: dict = field(default_factory=dict)
+    #: recover from a lever with the init checkpoint as teacher (CQIL): its adapter is folded into the
+    #: backbone, a fresh adapter trains, our encoders and head stay frozen, and the loss adds
+    #: distill_weight * MSE to the outputs of the same model run plainly (adapter off, no lever)
+    distill: bool = False
+    distill_weight: float = 1.0
     seed: int = 0
     eval_every: int = 200  # optimiser steps between validation passes
     eval_windows: int = 512  # at most this many validation windows per teacher-forced pass
@@ -167,6 +177,8 @@ def load_policy(
     base = load_backbone(
         resolve_backbone(config.backbone, ckpt), dtype=torch_dtype, device=device, layers=config.backbone_layers
     )
+    if config.base_adapter:  # an earlier adapter folded into the backbone (a distilled lever's teacher)
+        base = PeftModel.from_pretrained(base, ckpt / config.base_adapter, is_trainable=False).merge_and_unload()
     backbone = PeftModel.from_pretrained(base, ckpt, is_trainable=False)
     if merge_lora:
         backbone = backbone.merge_and_unload()
@@ -175,9 +187,11 @@ def load_policy(
     return policy.eval(), config
 
 
-def _load_own_weights(policy: DecisionTransformerPolicy, ckpt: Path, device: str | torch.device) -> None:
+def _load_own_weights(policy: DecisionTransformerPolicy, ckpt: Path, device: str | torch.device,
+                      new_levers: bool = False) -> None:
+    """Our weights from ``ckpt``; ``new_levers``: lever modules the checkpoint lacks start fresh (warm start)."""
     missing, unexpected = policy.load_state_dict(load_file(ckpt / WEIGHTS_FILE, device=str(device)), strict=False)
-    missing = [k for k in missing if not k.startswith("backbone.")]
+    missing = [k for k in missing if not k.startswith("backbone.") and not (new_levers and k.startswith("lever_"))]
     if missing or unexpected:
         raise ValueError(f"{ckpt / WEIGHTS_FILE} does not fit the config: missing {missing}, unexpected {unexpected}")
 
@@ -262,10 +276,35 @@ def _prepare_backbone(backbone: str, out_dir: Path, seed: int) -> tuple[Path, st
     return path, str(path)
 
 
-def _warm_start(policy: DecisionTransformerPolicy, ckpt: Path, device: str) -> None:
-    """Continue from a checkpoint's adapter and own weights (DAgger rounds)."""
-    _load_own_weights(policy, ckpt, device)
-    set_peft_model_state_dict(policy.backbone, load_file(ckpt / ADAPTER_FILE, device=device))
+def _warm_start(policy: DecisionTransformerPolicy, ckpt: Path, device: str, adapter: bool = True) -> None:
+    """Continue from a checkpoint's own weights and (unless it was folded into the backbone) its adapter."""
+    _load_own_weights(policy, ckpt, device, new_levers=True)
+    if adapter:
+        set_peft_model_state_dict(policy.backbone, load_file(ckpt / ADAPTER_FILE, device=device))
+
+
+def _distill_loss(policy: DecisionTransformerPolicy, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """MSE between the policy's outputs and the same model's run plainly (no adapter, no lever): CQIL's
+    distillation, one forward with the change and one without, on the same weights (no teacher copy)."""
+    inputs = {k: batch[k] for k in ("returns", "states", "actions", "timesteps")}
+    with torch.no_grad(), policy.backbone.disable_adapter(), policy.plain():
+        target = policy(**inputs).float()
+    valid = batch["mask"].bool()
+    return torch.nn.functional.mse_loss(policy(**inputs).float()[valid], target[valid])
+
+
+def _levers_for(s: TrainSettings) -> dict:
+    """The run's levers; exit confidence read the way the heads are trained unless given."""
+    levers = dict(s.levers)
+    if levers.get("exit_layers") and "exit_confidence" not in levers:
+        levers["exit_confidence"] = "margin" if s.objective == "action_values" else "softmax"
+    return levers
+
+
+def _copy_adapter(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("adapter_config.json", ADAPTER_FILE):
+        shutil.copyfile(src / name, dst / name)
 
 
 def adapt(
@@ -327,6 +366,12 @@ def adapt(
     # Model: frozen LM + LoRA, our encoders/embeddings/head in float32.
     backbone_dir, backbone_name = _prepare_backbone(backbone, out, s.seed)
     lm = load_backbone(backbone_dir, dtype=s.dtype, device=s.device, layers=s.backbone_layers)
+    base_adapter = None
+    if s.distill:  # CQIL: the teacher's adapter goes into the backbone, a fresh one recovers the lever
+        if init is None:
+            raise ValueError("distill needs init_checkpoint: the trained policy the lever must stay close to")
+        lm = PeftModel.from_pretrained(lm, init, is_trainable=False).merge_and_unload()
+        base_adapter = BASE_ADAPTER_DIR
     lm = apply_lora(lm, s.lora)
     config = PolicyConfig(
         task=pool.task,
@@ -340,11 +385,18 @@ def adapt(
         action_values=pool.manifest["action_values"],
         backbone_layers=s.backbone_layers,
         return_conditioning=s.return_conditioning,
+        levers=_levers_for(s),
+        base_adapter=base_adapter,
         lora=s.lora.to_dict(),
     )
     policy = build_policy(config, lm).train()
     if init is not None:
-        _warm_start(policy, init, s.device)
+        _warm_start(policy, init, s.device, adapter=not s.distill)
+    if s.distill:
+        _copy_adapter(init, out / BASE_ADAPTER_DIR)
+        for name, param in policy.named_parameters():  # the lever recovers in the adapter (and its own modules)
+            if not name.startswith(("backbone.", "lever_modules.")):
+                param.requires_grad_(False)
     adapters = [p for n, p in policy.named_parameters() if p.requires_grad and n.startswith("backbone.")]
     own = [p for n, p in policy.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
     params = own + adapters
@@ -378,8 +430,11 @@ def adapt(
     while not stop:
         order = starts[torch.randperm(len(starts), generator=generator).to(starts.device)]
         for chunk in order.split(s.batch_size):
+            batch = window_batch(train, chunk, s.window, s.objective)
             with _autocast(s):
-                loss, acc = policy.loss(**window_batch(train, chunk, s.window, s.objective))
+                loss, acc = policy.loss(**batch)
+                if s.distill:
+                    loss = loss + s.distill_weight * _distill_loss(policy, batch)
             (loss / s.grad_accum).backward()
             run_loss, run_acc, run_count = run_loss + loss.item(), run_acc + acc.item(), run_count + 1
             micro += 1

@@ -11,7 +11,16 @@ from llm.backbone import load_backbone
 from llm.lora import LoraSettings, apply_lora
 from llm.policy import PolicyConfig, build_policy
 from llm.pool import load_pool
-from llm.train import CONFIG_FILE, WEIGHTS_FILE, TrainSettings, adapt, load_policy, save_checkpoint, window_batch
+from llm.train import (
+    BASE_ADAPTER_DIR,
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    TrainSettings,
+    adapt,
+    load_policy,
+    save_checkpoint,
+    window_batch,
+)
 from tests.llm.synthetic import abr_fields, abr_rows, write_decisions
 
 
@@ -88,3 +97,32 @@ def test_cli_builds_a_pool_and_adapts(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "validation step 2" in out and '"optimizer_steps": 2' in out
     assert (tmp_path / "ckpt" / WEIGHTS_FILE).is_file()
+
+
+def test_levers_train_and_a_distilled_concurrent_group_reloads(tmp_path, abr_pools, tiny_backbone, trained_checkpoint):
+    from llm.inference import LlmDecider
+
+    base = dict(grad_accum=1, window=4, stride=2, channels=16, max_steps=6, eval_every=3, patience=5,
+                lora=LoraSettings(rank=2, alpha=4, dropout=0.0))
+    settings = TrainSettings(**base, levers={"exit_layers": [1], "gates": True, "gate_start": 1, "gate_target": 0.5})
+    summary = adapt(abr_pools[0], tmp_path / "levers", backbone=str(tiny_backbone("llama")),
+                    val_pool_dir=abr_pools[1], settings=settings, log=lambda _: None)
+    assert summary["optimizer_steps"] == 6
+    policy, config = load_policy(tmp_path / "levers")
+    assert config.levers["exit_layers"] == [1] and config.levers["exit_confidence"] == "softmax"
+    assert set(policy.lever_modules.exit_heads) == {"1"} and set(policy.lever_modules.routers) == {"1"}
+
+    # CQIL recovery: the trained policy's adapter folded into the backbone, a fresh adapter learns the group
+    distilled = TrainSettings(**{**base, "channels": 16}, levers={"concurrent": [[0, 1]]}, distill=True)
+    adapt(abr_pools[0], tmp_path / "cqil", backbone=str(tiny_backbone("llama")), val_pool_dir=abr_pools[1],
+          settings=distilled, init_checkpoint=trained_checkpoint[0], log=lambda _: None)
+    assert (tmp_path / "cqil" / BASE_ADAPTER_DIR / "adapter_model.safetensors").is_file()
+    teacher, _ = load_policy(trained_checkpoint[0])
+    student, student_config = load_policy(tmp_path / "cqil")
+    assert student_config.base_adapter == BASE_ADAPTER_DIR and student_config.levers["concurrent"] == [[0, 1]]
+    own = {k: v for k, v in teacher.policy_state_dict().items()}
+    for key, value in student.policy_state_dict().items():  # encoders and head stayed frozen
+        torch.testing.assert_close(value, own[key])
+    decider = LlmDecider.from_checkpoint(tmp_path / "cqil", device="cpu")
+    obs = dict(zip(abr_fields(), abr_rows(3, seed=1)[0]["obs"].tolist(), strict=True))
+    assert 0 <= decider.decide(obs, 0.0) < 4
