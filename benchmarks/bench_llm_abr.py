@@ -1,66 +1,116 @@
-"""Learning quality of the LLM ABR policy, end to end through the CLIs.
+"""Learned ABR policies against the classic ones, chunk level, on every validation trace: one table.
 
-1. Experience: the chunk-level simulator runs BBA, rate-based and RobustMPC
-   over the shared train traces and writes their decisions.parquet.
-2. Pools: ``python -m llm pool`` on those (train) and on the same policies over
-   valid-fcc (validation, for checkpoint selection only).
-3. Adaptation: ``python -m llm adapt`` (LoRA on the chosen backbone).
-4. Evaluation: the chunk-level simulator on valid-fcc traces, the adapted LLM
-   beside BBA, rate-based and RobustMPC (there is no test set in this repo; the
-   validation traces are the honest stand-in, reported as such).
+Every policy plays every trace of ``valid-fcc`` and ``valid-norway`` (all of them, and the
+``report`` halves that model selection never saw) in the chunk-level simulator. For each set:
+mean QoE_lin (first chunk excluded), bitrate, rebuffering, switches, and the decision time p50
+(measured in the run, ``--threads`` torch threads). A learned variant given as several
+checkpoints (``NAME=DIR1,DIR2,...``, one per training seed) gets the mean and a 95 % confidence
+interval over its seeds; the classic policies are deterministic.
 
-    python -m benchmarks.bench_llm_abr [--train-traces 40] [--valid-traces 20] [--backbone default] [--max-steps 300]
+    .venv/bin/python -m benchmarks.bench_llm_abr --variant mlp=runs/learn/abr-mlp/checkpoint \\
+        --variant tiny=runs/learn/abr-tiny-s0/checkpoint,runs/learn/abr-tiny-s1/checkpoint [--json out.json]
 
-Prints the QoE table; the target is to beat RobustMPC.
+Without ``--variant`` the shipped checkpoints (``llm/checkpoints/abr-*``) are compared.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
-import tempfile
+import json
+import math
+import statistics
 import time
 from pathlib import Path
 
+import pandas as pd
+import torch
 
-def _run(cmd: list[str], env: dict | None = None) -> str:
-    print("+", " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return proc.stdout
+from emulation.video import default_manifest, load_trace_set
+from emulation.video.traces import split_half
+from testbed.chunksim import POLICIES, evaluate
+
+SETS = ("valid-fcc", "valid-norway")
+CLASSIC = ("bba", "rate", "bola", "mpc")
+#: two-sided 95 % Student t quantiles by degrees of freedom
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def _learned(path: str):
+    from agents.llm_agent import LlmPolicy
+
+    return lambda: LlmPolicy("abr", checkpoint=path, device="cpu")
+
+
+def _row(table: pd.DataFrame) -> dict:
+    return {"qoe": float(table["qoe_lin"].mean()), "bitrate_mbps": float(table["avg_bitrate_bps"].mean() / 1e6),
+            "rebuffer_s": float(table["rebuffer_s"].mean()), "switches": float(table["switches"].mean()),
+            "decision_ms_p50": float(table["decision_ms_p50"].median())}
+
+
+def measure(variants: dict[str, list[str]], parts: tuple[str, ...] = ("all", "report")) -> list[dict]:
+    """One row per (policy, seed, set, part)."""
+    manifest = default_manifest()
+    traces = {s: load_trace_set(s) for s in SETS}
+    rows = []
+    policies = {name: [POLICIES[name]] for name in CLASSIC} | {
+        name: [_learned(p) for p in paths] for name, paths in variants.items()}
+    for name, factories in policies.items():
+        for seed, factory in enumerate(factories):
+            for set_name, all_traces in traces.items():
+                t0 = time.perf_counter()
+                table = evaluate({name: factory}, all_traces, manifest)
+                for part in parts:
+                    chosen = {t.name for t in split_half(all_traces, part)}
+                    rows.append({"policy": name, "seed": seed, "set": set_name, "part": part,
+                                 **_row(table[table["trace"].isin(chosen)])})
+                print(f"  {name} seed {seed} {set_name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return rows
+
+
+def _ci(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return f"{mean:.3f}"
+    half = _T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+    return f"{mean:.3f} ± {half:.3f}"
+
+
+def table(rows: list[dict], part: str) -> str:
+    """Markdown: per policy and set, QoE (± CI over seeds), bitrate, rebuffer, switches, decision p50, vs MPC."""
+    frame = pd.DataFrame([r for r in rows if r["part"] == part])
+    mpc = {s: frame[(frame["policy"] == "mpc") & (frame["set"] == s)]["qoe"].mean() for s in SETS}
+    lines = ["| policy | set | QoE_lin | vs RobustMPC | bitrate Mbps | rebuffer s | switches | decision p50 ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (policy, set_name), group in frame.groupby(["policy", "set"], sort=False):
+        qoe = group["qoe"].tolist()
+        lines.append(f"| {policy} | {set_name} | {_ci(qoe)} | {(statistics.fmean(qoe) / mpc[set_name] - 1) * 100:+.1f} % "
+                     f"| {group['bitrate_mbps'].mean():.3f} | {group['rebuffer_s'].mean():.2f} "
+                     f"| {group['switches'].mean():.1f} | {group['decision_ms_p50'].median():.2f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-traces", type=int, default=40)
-    parser.add_argument("--valid-traces", type=int, default=20)
-    parser.add_argument("--backbone", default="default", help="default (SmolLM2-135M), tiny, or a model dir")
-    parser.add_argument("--max-steps", type=int, default=300, help="optimiser steps of adaptation")
-    parser.add_argument("--out", type=Path, default=None, help="keep pools and checkpoint here")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=DIR[,DIR...]",
+                        help="a learned policy, one checkpoint per training seed (repeatable)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write every row here")
     args = parser.parse_args()
-    py = sys.executable
-    work = args.out or Path(tempfile.mkdtemp(prefix="llm-abr-"))
-    t0 = time.time()
-    for split, traces, limit in (("train", "train", args.train_traces), ("valid", "valid-fcc", args.valid_traces)):
-        _run([py, "-m", "testbed.chunksim", "--policy", "bba,rate,mpc", "--traces", traces,
-              "--limit", str(limit), "--out", str(work / f"exp-{split}"), "--decisions"])
-        decisions = sorted(str(p) for p in (work / f"exp-{split}").glob("*/decisions.parquet"))
-        _run([py, "-m", "llm", "pool", "--task", "abr", *decisions, "--out", str(work / f"pool-{split}")])
-    print(f"experience and pools: {time.time() - t0:.0f} s", flush=True)
-    t1 = time.time()
-    print(_run([py, "-m", "llm", "adapt", "--pool", str(work / "pool-train"), "--val-pool", str(work / "pool-valid"),
-                "--out", str(work / "ckpt"), "--backbone", args.backbone, "--max-steps", str(args.max_steps),
-                "--warmup-steps", str(max(args.max_steps // 10, 1)), "--eval-every", str(max(args.max_steps // 5, 1))])[-1500:])
-    print(f"adaptation: {time.time() - t1:.0f} s", flush=True)
-    env = dict(os.environ, TESTBED_LLM_CHECKPOINT=str(work / "ckpt"))
-    table = _run([py, "-m", "testbed.chunksim", "--policy", "bba,rate,mpc,llm", "--traces", "valid-fcc",
-                  "--limit", str(args.valid_traces)], env=env)
-    print(f"\nQoE_lin on {args.valid_traces} valid-fcc traces (chunk-level simulator), backbone {args.backbone}, "
-          f"{args.max_steps} adaptation steps:\n{table}")
-    print(f"total {time.time() - t0:.0f} s; artefacts in {work}")
+    torch.set_num_threads(args.threads)
+    variants = {}
+    for text in args.variant:
+        name, _, paths = text.partition("=")
+        variants[name] = [p for p in paths.split(",") if p]
+    if not variants:
+        from llm.shipped import shipped
+
+        variants = {name: [str(path)] for name, path in shipped().items() if name.startswith("abr-")}
+    rows = measure(variants)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    for part, title in (("all", "every trace"), ("report", "the report halves (never used for selection)")):
+        print(f"\nChunk-level QoE on {title} of {', '.join(SETS)}; decision time on {args.threads} threads\n")
+        print(table(rows, part))
 
 
 if __name__ == "__main__":

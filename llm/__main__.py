@@ -43,6 +43,12 @@ def _cmd_pool(args: argparse.Namespace) -> int:
 
 
 def _cmd_adapt(args: argparse.Namespace) -> int:
+    if args.recipe:  # a whole recipe needs the simulators: the testbed runs it (as `llm test` does)
+        return subprocess.run([sys.executable, "-m", "testbed", "learn", args.recipe, "--out", args.out]).returncode
+    if not args.pool:
+        print("adapt needs --pool (one training run) or --recipe (teachers, pools, DAgger, selection)",
+              file=sys.stderr)
+        return 2
     lora = LoraSettings(
         rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout, target_modules=args.lora_targets
     )
@@ -98,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     defaults = TrainSettings()
     adapt_cmd = commands.add_parser("adapt", help="adapt the LM into a policy on a pool (LoRA, offline RL)")
-    adapt_cmd.add_argument("--pool", required=True, help="training pool directory")
+    adapt_cmd.add_argument("--pool", help="training pool directory")
+    adapt_cmd.add_argument("--recipe", help="a recipe YAML (e.g. a shipped checkpoint's recipe.yaml): run the whole "
+                           "pipeline with `testbed learn`, reproducing that checkpoint into --out")
     adapt_cmd.add_argument("--val-pool", default=None, help="validation pool (default: hold out episodes)")
     adapt_cmd.add_argument("--out", required=True, help="checkpoint directory to write")
     adapt_cmd.add_argument(

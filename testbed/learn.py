@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import resource
 import shutil
 import time
 from collections.abc import Callable
@@ -91,6 +92,12 @@ class Recipe(_Strict):
     dagger: DaggerSpec = Field(default_factory=DaggerSpec)
     #: llm.train.TrainSettings fields (dt) or llm.mlp.MlpSettings fields (mlp)
     training: dict = Field(default_factory=dict)
+    #: trace sets selection plays (their ``select`` halves) and results are read on; never in a pool
+    validation: list[str] = Field(default_factory=lambda: list(VALIDATION_SETS))
+    #: start from this checkpoint (a lever added to a trained policy: exit heads, gates, a distilled group)
+    init: str | None = None
+    #: train on this existing pool (e.g. the one a base model was trained on) instead of collecting experience
+    pool: str | None = None
     #: torch threads (the machine's cores are shared with the simulator)
     threads: int = Field(2, ge=1)
     #: processes that play experience and DAgger sessions in parallel
@@ -112,7 +119,7 @@ class Recipe(_Strict):
         return recipe
 
     def check(self) -> None:
-        leaked = [t for t in self.traces if Path(t).name in VALIDATION_SETS]
+        leaked = [t for t in self.traces if Path(t).name in {*VALIDATION_SETS, *self.validation}]
         if leaked:
             raise ValueError(f"recipe {self.name}: validation sets never enter a pool, found {leaked} in traces")
         known = set(TEACHERS) | set(POLICIES)
@@ -132,9 +139,9 @@ def training_traces(recipe: Recipe) -> list[BandwidthTrace]:
     return traces
 
 
-def validation_traces(part: str) -> dict[str, list[BandwidthTrace]]:
+def validation_traces(part: str, sets: list[str] | tuple[str, ...] = VALIDATION_SETS) -> dict[str, list[BandwidthTrace]]:
     """One half (``select`` or ``report``), or ``all``, of each validation set."""
-    return {name: split_half(load_trace_set(name), part) for name in VALIDATION_SETS}
+    return {name: split_half(load_trace_set(name), part) for name in sets}
 
 
 def _teacher(name: str) -> Callable:
@@ -157,8 +164,8 @@ def learned_policy(model: torch.nn.Module, config) -> Callable:
 class ClosedLoopSelector:
     """Scores a policy by chunk-level QoE on the ``select`` halves, relative to RobustMPC on the same traces."""
 
-    def __init__(self, log: Callable[[str], None] = print) -> None:
-        self.sets = validation_traces("select")
+    def __init__(self, sets: list[str] | tuple[str, ...] = VALIDATION_SETS, log: Callable[[str], None] = print) -> None:
+        self.sets = validation_traces("select", sets)
         self.manifest = default_manifest()
         self.baseline = {name: float(evaluate({"mpc": POLICIES["mpc"]}, traces, self.manifest)["qoe_lin"].mean())
                          for name, traces in self.sets.items()}
@@ -270,11 +277,14 @@ def learn(recipe: Recipe, out_dir: str | Path, log: Callable[[str], None] = prin
     (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
     t0 = time.perf_counter()
     traces = training_traces(recipe)
-    log(f"[{recipe.name}] {len(traces)} training traces x {recipe.starts_per_trace} starts; teachers {recipe.teachers}")
-    files = collect({t: _teacher(t) for t in recipe.teachers}, sessions(recipe, traces, 0), out / "experience",
-                    workers=recipe.workers)
-    log(f"[{recipe.name}] experience: {time.perf_counter() - t0:.0f} s")
-    selector = ClosedLoopSelector(log)
+    files: list[Path] = []
+    if recipe.pool is None:
+        log(f"[{recipe.name}] {len(traces)} training traces x {recipe.starts_per_trace} starts; "
+            f"teachers {recipe.teachers}")
+        files = collect({t: _teacher(t) for t in recipe.teachers}, sessions(recipe, traces, 0), out / "experience",
+                        workers=recipe.workers)
+        log(f"[{recipe.name}] experience: {time.perf_counter() - t0:.0f} s")
+    selector = ClosedLoopSelector(recipe.validation, log)
     log(f"[{recipe.name}] selection: RobustMPC on the select halves {selector.baseline}")
     trail: dict = {"recipe": recipe.name, "training_traces": len(traces), "rounds": []}
     checkpoint: Path | None = None
@@ -288,10 +298,17 @@ def learn(recipe: Recipe, out_dir: str | Path, log: Callable[[str], None] = prin
             trail.setdefault("dagger_files", []).extend(str(f) for f in files_round)
         dagger_files = [Path(f) for f in trail.get("dagger_files", [])]
         pool_dir = out / f"pool-{round_}"
-        paths = [*files, *((f, ("shadow",)) for f in dagger_files)]
-        build_pool(paths, pool_dir, "abr")
+        if recipe.pool is not None and round_ == 0:
+            pool_dir = Path(recipe.pool)
+        else:
+            sources = [(f, ("acting", "shadow") if recipe.pool else ("acting",)) for f in files]
+            if recipe.pool is not None:  # the given pool's own decision files, then the relabels
+                sources = [(f, ("acting",)) for f in _pool_sources(Path(recipe.pool))]
+            build_pool([*sources, *((f, ("shadow",)) for f in dagger_files)], pool_dir, "abr")
         round_dir = out / f"round-{round_}"
-        init = None if (round_ == 0 or recipe.dagger.from_scratch) else checkpoint
+        init = Path(recipe.init) if (round_ == 0 and recipe.init) else None
+        if round_ > 0 and not recipe.dagger.from_scratch:
+            init = checkpoint
         overrides = recipe.dagger.training if round_ > 0 else {}
         summary = _train(recipe, pool_dir, round_dir, selector, log, init, overrides)
         best = summary["best_validation"]
@@ -308,8 +325,89 @@ def learn(recipe: Recipe, out_dir: str | Path, log: Callable[[str], None] = prin
     shutil.copytree(out / f"round-{best_round['round']}", final)
     trail["selected_round"] = best_round["round"]
     trail["wall_s"] = time.perf_counter() - t0
+    trail["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    trail["evaluation"] = evaluate_checkpoint(final, recipe.model.kind, recipe.validation)
     (out / "learn.json").write_text(json.dumps(trail, indent=2, default=float))
+    write_model_card(final, recipe, trail)
     log(f"[{recipe.name}] done in {trail['wall_s']:.0f} s: round {best_round['round']} selected, "
         f"checkpoint {final}")
     return trail
 
+
+
+def _pool_sources(pool_dir: Path) -> list[Path]:
+    """The decisions files a pool was built from (its manifest keeps them)."""
+    manifest = json.loads((pool_dir / "manifest.json").read_text())
+    return [Path(p) for p in manifest["sources"]]
+
+
+def evaluate_checkpoint(checkpoint: Path, kind: str, sets: list[str] | tuple[str, ...] = VALIDATION_SETS) -> dict:
+    """QoE of a checkpoint and of RobustMPC on each validation set, every trace and the report half."""
+    model, config = _load_learned(checkpoint, kind)
+    manifest = default_manifest()
+    out: dict = {}
+    for name in sets:
+        traces = load_trace_set(name)
+        table = evaluate({"learned": learned_policy(model, config), "mpc": POLICIES["mpc"]}, traces, manifest)
+        report = {t.name for t in split_half(traces, "report")}
+        for part, rows in (("all", table), ("report", table[table["trace"].isin(report)])):
+            by = rows.groupby("policy")
+            out[f"{Path(name).name}::{part}"] = {
+                "qoe": by["qoe_lin"].mean().to_dict(), "rebuffer_s": by["rebuffer_s"].mean().to_dict(),
+                "bitrate_mbps": (by["avg_bitrate_bps"].mean() / 1e6).to_dict(),
+                "switches": by["switches"].mean().to_dict(),
+            }
+        out[f"{Path(name).name}::decision_ms_p50"] = float(table[table["policy"] == "learned"]["decision_ms_p50"].median())
+    return out
+
+
+_LICENCES = {
+    "default": "SmolLM2-135M-Instruct (Hugging Face TB), Apache-2.0; the adapter and heads here: MIT",
+    "tiny": "a randomly initialised tiny Llama built from a config (no pretrained weights); MIT",
+}
+
+
+def write_model_card(checkpoint: Path, recipe: Recipe, trail: dict) -> Path:
+    """README.md beside the weights: what it is, the data and recipe, validation results, cost, licence."""
+    config = json.loads((checkpoint / "policy_config.json").read_text())
+    size_kib = sum(p.stat().st_size for p in checkpoint.rglob("*") if p.is_file()) / 1024
+    ev = trail["evaluation"]
+    lines = [f"# {recipe.name}", "",
+             f"An ABR policy for the testbed's video clients: a {recipe.model.kind} "
+             + (f"on the `{recipe.model.backbone}` backbone" + (f" (first {config.get('backbone_layers')} blocks)"
+                                                                  if config.get("backbone_layers") else "")
+                if recipe.model.kind == "dt" else "(the behaviour-cloning baseline)")
+             + f", {size_kib:.0f} KiB on disk. Use it with `--abr llm --llm-checkpoint {checkpoint}`.", "",
+             "## Data", "",
+             f"- Training traces: {', '.join(recipe.traces)} plus {recipe.synthetic.count} synthetic traces "
+             f"(seed {recipe.synthetic.seed}, {recipe.synthetic.min_mbps}-{recipe.synthetic.max_mbps} Mbps levels held "
+             f"{recipe.synthetic.min_hold_s}-{recipe.synthetic.max_hold_s} s), {recipe.starts_per_trace} session "
+             f"start(s) per trace ({trail['training_traces']} traces).",
+             f"- Teachers: {', '.join(recipe.teachers)}; DAgger rounds: {recipe.dagger.rounds} "
+             f"(teacher {recipe.dagger.teacher}).",
+             "- Validation sets never enter a pool; selection reads only their `select` halves.", "",
+             "## Recipe", "", "`recipe.yaml` beside this file; reproduce with "
+             f"`testbed learn {checkpoint}/recipe.yaml --out DIR` (or `python -m llm adapt --recipe ...`).", "",
+             "## Selection", "",
+             f"Closed loop, chunk level, on the `select` halves of valid-fcc and valid-norway; round "
+             f"{trail['selected_round']} selected: " + json.dumps(trail["rounds"][trail["selected_round"]]
+                                                                   ["best_validation"], default=float), "",
+             "## Results (chunk level, QoE_lin with the first chunk excluded)", "",
+             "| set | traces | policy | QoE | rebuffer s | bitrate Mbps | switches |", "|---|---|---|---|---|---|---|"]
+    for key, values in ev.items():
+        if key.endswith("decision_ms_p50"):
+            continue
+        for policy in ("learned", "mpc"):
+            lines.append(f"| {key.split('::')[0]} | {key.split('::')[1]} | {policy} | {values['qoe'][policy]:.3f} "
+                         f"| {values['rebuffer_s'][policy]:.2f} | {values['bitrate_mbps'][policy]:.3f} "
+                         f"| {values['switches'][policy]:.1f} |")
+    lines += ["", "Decision time p50 in that evaluation: " + ", ".join(
+        f"{k.split('::')[0]} {v:.2f} ms" for k, v in ev.items() if k.endswith("decision_ms_p50")) + ".", "",
+              "## Cost", "", f"Training (experience, rounds, selection) {trail['wall_s'] / 60:.0f} min wall on this "
+              f"machine (2 CPU cores, shared), peak RSS {trail['peak_rss_mib']:.0f} MiB.", "",
+              "## Licence", "", _LICENCES.get(recipe.model.backbone, "see the backbone's own licence") + "; traces "
+              "and video from the Pensieve and NetLLM projects (MIT).", ""]
+    path = checkpoint / "README.md"
+    path.write_text("\n".join(lines))
+    shutil.copyfile(checkpoint.parent / "recipe.yaml", checkpoint / "recipe.yaml")
+    return path
