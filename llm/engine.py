@@ -188,10 +188,10 @@ class FusedBlock(_BlockBase):
             self.w_qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]) * g1
             biases = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
             self.b_qkv = torch.cat(biases) if biases[0] is not None else None
-            self.w_o = attn.o_proj.weight.detach().clone()
+            self.w_o = attn.o_proj.weight.detach()  # shared with the block: no copy
             self.b_o = None if attn.o_proj.bias is None else attn.o_proj.bias.detach().clone()
             self.w_gu = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]) * g2
-            self.w_down = mlp.down_proj.weight.detach().clone()
+            self.w_down = mlp.down_proj.weight.detach()
         self.act = mlp.act_fn
         self.split = (self.n_heads * self.head_dim, self.n_kv * self.head_dim, self.n_kv * self.head_dim)
         self.inter = mlp.gate_proj.weight.shape[0]
@@ -268,6 +268,9 @@ class Decoder:
         self._fused: list[FusedBlock] | None = None
         first = ModuleBlock(self.layers[0], self.config)
         self.n_kv, self.head_dim = first.n_kv, first.head_dim
+        weight = self.layers[0].self_attn.q_proj.weight
+        self._dtype, self._device = weight.dtype, weight.device
+        self._released = False
 
     @property
     def n_blocks(self) -> int:
@@ -277,14 +280,28 @@ class Decoder:
         """Build the fused inference blocks (after LoRA is merged); call again whenever the weights change."""
         self._fused = [FusedBlock(layer, self.config) for layer in self.layers]
 
+    def release_unfused(self) -> None:
+        """Drop the blocks' own weights where the fused blocks hold copies (inference only from now on).
+
+        The fused blocks keep what they need: their fused matrices and the norms folded into them.
+        """
+        if self._fused is None:
+            raise RuntimeError("fuse() first")
+        for layer in self.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            for module in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
+                module.to("meta")
+        self._released = True
+
     def _blocks(self, training: bool) -> list[_BlockBase]:
         if self._fused is not None and not training:
             return self._fused
+        if self._released:
+            raise RuntimeError("this decoder kept only its fused inference blocks: it cannot train")
         return [ModuleBlock(layer, self.config) for layer in self.layers]
 
     def new_kv(self, capacity: int) -> StreamKv:
-        weight = self.layers[0].self_attn.q_proj.weight
-        return StreamKv(self.n_blocks, self.n_kv, self.head_dim, capacity, weight.dtype, weight.device)
+        return StreamKv(self.n_blocks, self.n_kv, self.head_dim, capacity, self._dtype, self._device)
 
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions[..., None].float() * self.rotary.inv_freq.float()

@@ -126,6 +126,7 @@ class LlmDecider:
         policy, config = load_policy(path, device=torch_device, dtype=torch_dtype, merge_lora=merge_lora)
         if merge_lora and policy.decoder is not None:
             policy.decoder.fuse()  # the adapter is in the weights now: fuse them for inference
+            policy.release_for_inference()
         return cls(policy, config, keep_steps=keep_steps, greedy=greedy, seed=seed)
 
     @classmethod
@@ -162,6 +163,7 @@ class LlmDecider:
         policy = build_policy(config, lm, dtype=torch_dtype)
         if policy.decoder is not None:
             policy.decoder.fuse()
+            policy.release_for_inference()
         return cls(policy, config, keep_steps=keep_steps, seed=seed)
 
     def reset(self) -> None:

@@ -166,7 +166,9 @@ class DecisionTransformerPolicy(nn.Module):
         nn.init.normal_(self.timestep_embed.weight, std=0.02)
         # Start our tokens at the RMS of the LM's own token embeddings, the scale its layers were trained on.
         self.embed_ln = nn.LayerNorm(hidden)
-        lm_rms = backbone.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt().item()
+        embeddings = backbone.get_input_embeddings().weight
+        self.lm_dtype = embeddings.dtype  # the LM's own dtype (ours may differ)
+        lm_rms = embeddings.detach().float().pow(2).mean().sqrt().item()
         nn.init.constant_(self.embed_ln.weight, lm_rms)
         self.head = nn.Linear(hidden, n_actions)
         self.levers = levers or Levers()
@@ -229,6 +231,20 @@ class DecisionTransformerPolicy(nn.Module):
         head = torch.cat([steps[:, :-1], acts], dim=2).flatten(1, 2)
         return torch.cat([head, steps[:, -1]], dim=1)
 
+    def release_for_inference(self) -> None:
+        """Keep only what decisions use: the fused blocks (after :meth:`Decoder.fuse`), the final norm and ours.
+
+        The token embedding table and LM head (a third of SmolLM2's weights, never used: our tokens are
+        embeddings) and the unfused block weights are dropped. The policy can no longer train.
+        """
+        if self.decoder is None or self.decoder._fused is None:
+            raise RuntimeError("release_for_inference needs the fused layer loop (llama-family, fuse() first)")
+        base = self.backbone.get_base_model() if isinstance(self.backbone, PeftModel) else self.backbone
+        base.get_input_embeddings().to("meta")
+        if base.get_output_embeddings() is not None:
+            base.get_output_embeddings().to("meta")
+        self.decoder.release_unfused()
+
     @contextlib.contextmanager
     def plain(self):
         """Run without the latency levers for the block (the reference a lever is distilled toward)."""
@@ -254,7 +270,7 @@ class DecisionTransformerPolicy(nn.Module):
         """Run the LM body on embeddings at positions ``start_position..``; the cache (if any) grows in place."""
         b, n, _ = embeds.shape
         positions = torch.arange(start_position, start_position + n, device=embeds.device).expand(b, n)
-        lm_dtype = self.backbone.get_input_embeddings().weight.dtype
+        lm_dtype = self.lm_dtype
         if self.decoder is not None:
             return self.decoder.forward(
                 embeds.to(lm_dtype), positions, None if cache is None else [cache],
@@ -377,7 +393,7 @@ def step_sessions(pendings: list[PendingStep]) -> list[torch.Tensor]:
             results[i] = p.session.finish(p.session._run(p, p.session._exit_check()))
         else:
             groups.setdefault(tuple(p.embeds.shape[1:]), []).append(i)
-    lm_dtype = policy.backbone.get_input_embeddings().weight.dtype
+    lm_dtype = policy.lm_dtype
     for members in groups.values():
         batch = [pendings[i] for i in members]
         n = batch[0].embeds.shape[1]
@@ -519,7 +535,7 @@ class DecisionSession:
         if policy.decoder is None:
             return policy.run_lm(embeds, self._cache, start)
         positions = torch.arange(start, start + n, device=embeds.device).expand(b, n)
-        lm_dtype = policy.backbone.get_input_embeddings().weight.dtype
+        lm_dtype = policy.lm_dtype
         return policy.decoder.forward(embeds.to(lm_dtype), positions, self._cache, exit_check=exit_check)
 
     def _exit_check(self):
