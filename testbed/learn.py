@@ -195,12 +195,17 @@ def sessions(recipe: Recipe, traces: list[BandwidthTrace], round_: int) -> list[
     return out
 
 
-def _play(factory: Callable, shadows: list[Callable], plays: list[tuple[BandwidthTrace, float]]) -> pd.DataFrame:
+def _play(factory: Callable, shadows: list[Callable], plays: list[tuple[BandwidthTrace, float]],
+          label: str = "") -> pd.DataFrame:
     manifest = default_manifest()
     policy = factory()
     shadow_policies = [make() for make in shadows]
-    frames = [run_session(policy, trace, manifest, client=trace.name, shadows=shadow_policies, start_s=start).decisions
-              for trace, start in plays]
+    frames, t0 = [], time.perf_counter()
+    for i, (trace, start) in enumerate(plays, 1):
+        frames.append(run_session(policy, trace, manifest, client=trace.name, shadows=shadow_policies,
+                                  start_s=start).decisions)
+        if i % 50 == 0 or i == len(plays):
+            print(f"  {label}{i}/{len(plays)} sessions, {time.perf_counter() - t0:.0f} s", flush=True)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -212,7 +217,7 @@ _FORKED_JOB: tuple | None = None
 def _play_share(share: int) -> pd.DataFrame:
     torch.set_num_threads(1)  # one worker per core
     factory, shadows, plays, workers = _FORKED_JOB
-    return _play(factory, shadows, plays[share::workers])
+    return _play(factory, shadows, plays[share::workers], f"worker {share}: ")
 
 
 def collect(policies: dict[str, Callable], plays: list[tuple[BandwidthTrace, float]], out: Path,
