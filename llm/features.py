@@ -14,8 +14,9 @@ bytes and counters, log-probability for p') and is then standardised with the
 mean/std of a pool and clipped, so no raw counter (up to 1e10) reaches the model.
 The statistics live in the checkpoint config next to the spec.
 
-ABR (NetLLM layout, 6 state tokens): last bitrate, buffer, throughput history,
-download-time history, next chunk sizes at every level, chunks left.
+ABR (NetLLM's 6 state tokens and one more): last bitrate, buffer, throughput history,
+download-time history, next chunk sizes at every level, chunks left, and the download time of
+the next chunk at every level estimated from the recent throughputs.
 
 AQM (9 state tokens): the AqmObservation fields in six groups (delays, queue
 lengths, rates, utilisation, marks/drops, p') plus the last ``history_ticks``
@@ -226,10 +227,12 @@ def _abr_tokens(obs_fields: list[str]) -> list[TokenSpec]:
         TokenSpec("download_time_history", "series", n_dl, "log1p"),
         TokenSpec("next_chunk_bytes", "series", n_levels, "log1p"),
         TokenSpec("chunks_left", "scalar", 1, "identity"),
+        TokenSpec("download_estimate", "series", n_levels, "log1p"),
     ]
 
 
 def _abr_extract(spec: FeatureSpec, obs: np.ndarray) -> list[np.ndarray]:
+    """Token values by the spec's token names, so checkpoints saved before a token was added still load."""
     fields = spec.obs_fields
     n_levels = _abr_levels(fields)
     bitrates = obs[:, spec._columns([f"bitrates_bps.{q}" for q in range(n_levels)])]
@@ -239,7 +242,35 @@ def _abr_extract(spec: FeatureSpec, obs: np.ndarray) -> list[np.ndarray]:
     download = obs[:, spec._columns(_prefixed(fields, "download_time_s."))]
     next_bytes = obs[:, spec._columns([f"future_chunk_bytes.0.{q}" for q in range(n_levels)])]
     chunks_left = obs[:, spec._column("chunks_total")] - obs[:, spec._column("chunk_index")]
-    return [last_bitrate_mbps, obs[:, spec._column("buffer_s")], throughput, download, next_bytes, chunks_left]
+    by_name = {
+        "last_bitrate": last_bitrate_mbps,
+        "buffer": obs[:, spec._column("buffer_s")],
+        "throughput_history": throughput,
+        "download_time_history": download,
+        "next_chunk_bytes": next_bytes,
+        "chunks_left": chunks_left,
+        "download_estimate": _download_estimate_s(throughput, next_bytes),
+    }
+    return [by_name[token.name] for token in spec.tokens]
+
+
+#: Recent chunk throughputs the download estimate averages (RobustMPC's window).
+ESTIMATE_WINDOW = 5
+
+
+def _download_estimate_s(throughput_bps: np.ndarray, next_bytes: np.ndarray) -> np.ndarray:
+    """Seconds the next chunk would take at each level at the harmonic mean of the last measured throughputs.
+
+    The quantity every rate- and model-based ABR compares with the buffer, handed to the policy
+    directly rather than left for it to rediscover from logarithms of rates and sizes; 0 before
+    any chunk has been measured.
+    """
+    recent = throughput_bps[:, -ESTIMATE_WINDOW:]
+    measured = recent > 0
+    count = measured.sum(axis=1)
+    inverse = np.where(measured, 1.0 / np.where(measured, recent, 1.0), 0.0).sum(axis=1)
+    harmonic_bps = np.where(count > 0, count / np.where(inverse > 0, inverse, 1.0), 0.0)
+    return np.where(harmonic_bps[:, None] > 0, next_bytes * 8.0 / np.maximum(harmonic_bps[:, None], 1.0), 0.0)
 
 
 #: AQM scalar groups: token name -> (observation fields, transform).

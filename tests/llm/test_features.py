@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
@@ -54,15 +56,26 @@ def test_abr_features_follow_netllm_layout():
         "download_time_history",
         "next_chunk_bytes",
         "chunks_left",
+        "download_estimate",
     ]
     raw = spec.raw_features(np.stack([_abr_obs(2, 7.5, 10).to_vector(), _abr_obs(0, 1.0, 47).to_vector()]))
-    assert raw.shape == (2, 1 + 1 + 8 + 8 + N_LEVELS + 1)
+    assert raw.shape == (2, 1 + 1 + 8 + 8 + N_LEVELS + 1 + N_LEVELS)
     assert raw[0, 0] == pytest.approx(1.85)  # Mbps of level 2
     assert raw[1, 0] == pytest.approx(0.3)
     assert raw[0, 1] == 7.5
     np.testing.assert_allclose(raw[0, 2:10], np.log1p(np.arange(1, 9) * 1e6))
     np.testing.assert_allclose(raw[0, 18:22], np.log1p(np.arange(N_LEVELS) * 1e5))  # chunk 0 of the horizon
-    assert raw[0, -1] == 38 and raw[1, -1] == 1
+    left = 18 + N_LEVELS
+    assert raw[0, left] == 38 and raw[1, left] == 1
+    harmonic_bps = 5 / sum(1 / (m * 1e6) for m in range(4, 9))  # RobustMPC's window: the last five
+    np.testing.assert_allclose(raw[0, left + 1 :], np.log1p(np.arange(N_LEVELS) * 1e5 * 8 / harmonic_bps))
+
+
+def test_abr_specs_saved_before_the_download_estimate_still_extract():
+    spec = feature_spec("abr", abr_fields())
+    old = FeatureSpec.from_dict({**spec.to_dict(), "tokens": [asdict(t) for t in spec.tokens[:-1]]})
+    obs = np.stack([_abr_obs(2, 7.5, 10).to_vector()])
+    np.testing.assert_array_equal(old.raw_features(obs), spec.raw_features(obs)[:, : old.n_values])
 
 
 def test_aqm_histories_are_oldest_first_and_zero_padded():
