@@ -154,10 +154,24 @@ class OpenGymEnv(gym.Env):
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         """Answer the pending state with ``action`` and return the next state."""
+        self.reply(action)
+        return self.next_state()
+
+    def reply(self, action: Any) -> None:
+        """Answer the pending state with ``action`` now; :meth:`next_state` then waits for the next state.
+
+        The two halves of :meth:`step`, for an agent with work to do after its answer is out (shadow
+        policies, logging) while the simulation runs on.
+        """
         if not self._owes_reply:
             raise RuntimeError("no pending state to answer: call reset() first (one episode is one connection)")
         self._send(self._encode_action(action))
         self._owes_reply = False
+
+    def next_state(self) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """Wait for the state that follows the answer sent by :meth:`reply`; returns what :meth:`step` does."""
+        if self._owes_reply:
+            raise RuntimeError("the pending state is not answered yet: reply() first")
         obs, reward, terminated, info = self._receive_state("the next EnvStateMsg")
         return obs, reward, terminated, False, info
 

@@ -44,8 +44,10 @@ class AgentStopped(ControlPointError):
 class OpenGymInterface:
     """One control point's connection to an agent over the ns3-gym protocol.
 
-    ``step`` round-trip wall times are kept (``round_trips_s``) so the simulation
-    can report the control loop's cost.
+    ``step`` is one exchange; ``send_state`` and ``receive_action`` are its two
+    halves, for a simulation that runs on while the agent decides. The wall time
+    the simulation spends on each exchange is kept (``round_trips_s``) so it can
+    report the control loop's cost.
     """
 
     def __init__(
@@ -74,8 +76,9 @@ class OpenGymInterface:
         self._act_codec = codec.SpaceCodec(act_space)
         self._socket: zmq.Socket | None = None
         self._stopped = False
-        # An exchange cut short by a stop signal: the agent's reply is still owed before the final state.
+        # A state (or SimInitMsg) is out and its reply not yet received: owed before the final state.
         self._awaiting_reply = False
+        self._send_s = 0.0  # wall time the last send took
         self._round_trips_s = array("d")
         # A Discrete action's reply bytes map to one valid action: decode each distinct reply once (hot path).
         self._cache_replies = isinstance(act_space, spaces.Discrete)
@@ -93,7 +96,8 @@ class OpenGymInterface:
 
     @property
     def round_trips_s(self) -> np.ndarray:
-        """Wall time of each ``step`` exchange (send state, receive action), in seconds."""
+        """Wall time the simulation spent on each exchange, in seconds: sending the state plus waiting for
+        its action (the whole round trip, unless the simulation ran on between the two halves)."""
         return np.frombuffer(self._round_trips_s, dtype=np.float64).copy()
 
     def _where(self) -> str:
@@ -114,7 +118,8 @@ class OpenGymInterface:
             raise ControlPointError(f"cannot connect {self._where()}: {exc}") from exc
         self._socket = sock
         self._stopped = False
-        reply = self._exchange(init, "SimInitAck", self.connect_timeout_s)
+        self._send(init, "SimInitMsg")
+        reply = self._receive("SimInitAck", self.connect_timeout_s)
         self._set_timeouts(sock, self.timeout_s)
         try:
             _done, stop = codec.parse_sim_init_ack(reply)
@@ -128,6 +133,14 @@ class OpenGymInterface:
 
     def step(self, obs: Any, reward: float, info: dict[str, Any]) -> Any:
         """Send one state and return the agent's action, checked against the action space."""
+        self.send_state(obs, reward, info)
+        return self.receive_action()
+
+    def send_state(self, obs: Any, reward: float, info: dict[str, Any]) -> None:
+        """Send one state; its action is owed to :meth:`receive_action`, which the simulation may call
+        later (it runs on in between: a decision delay in simulated time)."""
+        if self._awaiting_reply:
+            raise ControlPointError(f"{self._where()}: a state was sent before the previous one's action arrived")
         msg = self._state_msg
         try:
             self._obs_codec.encode(obs, msg.obsData)
@@ -136,8 +149,14 @@ class OpenGymInterface:
         msg.reward = float(reward)
         msg.info = json.dumps(info)
         t0 = time.perf_counter()
-        reply = self._exchange(msg.SerializeToString(), "EnvActMsg")
-        self._round_trips_s.append(time.perf_counter() - t0)
+        self._send(msg.SerializeToString(), "EnvStateMsg")
+        self._send_s = time.perf_counter() - t0
+
+    def receive_action(self) -> Any:
+        """The action answering the state sent last, checked against the action space."""
+        t0 = time.perf_counter()
+        reply = self._receive("EnvActMsg")
+        self._round_trips_s.append(self._send_s + time.perf_counter() - t0)
         action = self._discrete_replies.get(reply)
         if action is not None:
             return action
@@ -156,6 +175,11 @@ class OpenGymInterface:
         if self._cache_replies and len(self._discrete_replies) < DISCRETE_REPLY_CACHE:
             self._discrete_replies[reply] = action
         return action
+
+    @property
+    def last_round_trip_s(self) -> float:
+        """Wall time of the latest exchange (see :attr:`round_trips_s`)."""
+        return self._round_trips_s[-1]
 
     def close(
         self, obs: Any, reward: float, info: dict[str, Any], reason: str = "SimulationEnd"
@@ -196,14 +220,27 @@ class OpenGymInterface:
         sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
         sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
 
-    def _exchange(self, data: bytes, expected: str, timeout_s: float | None = None) -> bytes:
-        """Send one request and wait for its reply; any failure closes the (now unusable) REQ socket."""
+    def _send(self, data: bytes, what: str) -> None:
+        """Send one request; its reply is owed from then on. A failure closes the (now unusable) REQ socket."""
         sock = self._socket
         if sock is None:
             raise ControlPointError(f"{self._where()} is not connected (connect() first, or it was closed)")
         try:
             sock.send(data)
-            return sock.recv()
+        except zmq.ZMQError as exc:
+            self._drop_socket()
+            raise ControlPointError(f"wire error for {self._where()} sending {what}: {exc}") from exc
+        # Until the reply is in, the socket may not send: close() collects it first (a decision still
+        # pending when the run ends, or a wait cut short by a stop signal).
+        self._awaiting_reply = True
+
+    def _receive(self, expected: str, timeout_s: float | None = None) -> bytes:
+        """Wait for the reply owed to the last request; a failure closes the (now unusable) REQ socket."""
+        sock = self._socket
+        if sock is None:
+            raise ControlPointError(f"{self._where()} is not connected (connect() first, or it was closed)")
+        try:
+            reply = sock.recv()
         except zmq.Again as exc:
             self._drop_socket()
             raise ControlPointError(
@@ -213,12 +250,11 @@ class OpenGymInterface:
         except zmq.ZMQError as exc:
             self._drop_socket()
             raise ControlPointError(f"wire error for {self._where()} waiting for {expected}: {exc}") from exc
-        except BaseException:
-            # Interrupted mid-exchange (a stop signal): the reply is received in close(), before the final state.
-            self._awaiting_reply = True
-            raise
+        self._awaiting_reply = False
+        return reply
 
     def _drop_socket(self) -> None:
+        self._awaiting_reply = False
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
