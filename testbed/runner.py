@@ -148,6 +148,25 @@ def with_agents(config: SimulationConfig, aqm: str | ExternalAgent | None, abr: 
     return config.model_copy(update={"control": control}), agents
 
 
+def with_decision_delays(config: SimulationConfig, delays: dict[str, str | float]) -> SimulationConfig:
+    """``config`` with ``control.<point>.decision_delay`` set for each point of ``delays`` (``aqm``, ``abr``).
+
+    Each point must be on the wire already (:func:`with_agents`): a delay is the time its agent takes.
+    """
+    data = config.model_dump()
+    for point, delay in delays.items():
+        given = f"--decision-delay {point}={delay:g}" if isinstance(delay, float) else f"--decision-delay {point}={delay}"
+        if point not in ("aqm", "abr"):
+            raise ValueError(f"{given}: the control points are aqm and abr")
+        if data["control"][point] is None:
+            raise ValueError(f"{given}: this run has no {point} agent (choose one with --{point})")
+        data["control"][point]["decision_delay"] = delay
+    try:
+        return SimulationConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"--decision-delay: {'; '.join(e['msg'] for e in exc.errors())}") from None
+
+
 def _free_block(n: int) -> int:
     for _ in range(50):
         base = free_port()
