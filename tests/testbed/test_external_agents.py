@@ -65,7 +65,8 @@ def test_external_aqm_and_abr_agents_drive_the_run(tmp_path, capsys):
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["control"]["aqm"] | {"port": 0} == {
         "host": "127.0.0.1", "port": 0, "timeout_s": 1.0, "connect_timeout_s": 120.0, "external": True,
-        "action": "box", "n_actions": 17, "every_k": 1, "reward": config["control"]["aqm"]["reward"]}
+        "decision_delay": "none", "action": "box", "n_actions": 17, "every_k": 1,
+        "reward": config["control"]["aqm"]["reward"]}
     video = __import__("pandas").read_parquet(out / "video.parquet")
     assert video["quality"].tolist() == [1, 2, 2]  # start quality, then the agent's answers
     assert read_json(out / "status.json")["state"] == "ok"
