@@ -1,10 +1,11 @@
 """The simulation side of the ns3-gym bridge: one control point talking to one agent.
 
-Pure Python (pyzmq and the shared codec); the ns-3 glue calls it at each control
-tick. The simulation connects a REQ socket and speaks first (SimInitMsg), then
-alternates EnvStateMsg -> EnvActMsg. Every wait has a timeout, so a dead or
-stuck agent becomes a :class:`ControlPointError` naming the control point and
-endpoint instead of a hung simulation (ns3-gym's worst failure mode).
+Pure Python (a ZeroMQ REQ socket of our own, emulation.zmtp, and the shared
+codec); the ns-3 glue calls it at each control tick. The simulation connects a
+REQ socket and speaks first (SimInitMsg), then alternates EnvStateMsg ->
+EnvActMsg. Every wait has a timeout, so a dead or stuck agent becomes a
+:class:`ControlPointError` naming the control point and endpoint instead of a
+hung simulation (ns3-gym's worst failure mode).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from array import array
 from typing import Any
 
 import numpy as np
-import zmq
 from gymnasium import spaces
 
 from agents.protocol import codec
 from agents.protocol import opengym_pb2 as pb
+from emulation.zmtp import ReqSocket, ZmtpClosed, ZmtpError, ZmtpTimeout
 
 _log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class OpenGymInterface:
         self.connect_timeout_s = float(connect_timeout_s or timeout_s)
         self._obs_codec = codec.SpaceCodec(obs_space)
         self._act_codec = codec.SpaceCodec(act_space)
-        self._socket: zmq.Socket | None = None
+        self._socket: ReqSocket | None = None
         self._stopped = False
         # A state (or SimInitMsg) is out and its reply not yet received: owed before the final state.
         self._awaiting_reply = False
@@ -108,19 +109,20 @@ class OpenGymInterface:
         if self._socket is not None:
             raise ControlPointError(f"{self._where()} is already connected")
         init = codec.build_sim_init(self.obs_space, self.act_space, sim_process_id=os.getpid(), waf_shell_process_id=0)
-        sock = zmq.Context.instance().socket(zmq.REQ)
-        sock.setsockopt(zmq.LINGER, 0)
-        self._set_timeouts(sock, self.connect_timeout_s)
+        sock = ReqSocket(self.endpoint)
         try:
-            sock.connect(self.endpoint)
-        except zmq.ZMQError as exc:
+            sock.connect(self.connect_timeout_s)
+        except ZmtpTimeout as exc:
+            sock.close()
+            raise ControlPointError(f"no answer from agent for {self._where()} within {self.connect_timeout_s:g} s "
+                                    f"(waiting for SimInitAck: {exc})") from exc
+        except ZmtpError as exc:
             sock.close()
             raise ControlPointError(f"cannot connect {self._where()}: {exc}") from exc
         self._socket = sock
         self._stopped = False
         self._send(init, "SimInitMsg")
         reply = self._receive("SimInitAck", self.connect_timeout_s)
-        self._set_timeouts(sock, self.timeout_s)
         try:
             _done, stop = codec.parse_sim_init_ack(reply)
         except codec.ProtocolError as exc:
@@ -198,15 +200,13 @@ class OpenGymInterface:
                 data = codec.build_env_state(
                     self._obs_codec, obs, reward, game_over=True, reason=reason, info=json.dumps(info)
                 )
-                wait_ms = max(1, round(min(self.timeout_s, CLOSE_REPLY_TIMEOUT_S) * 1000))
-                sock.setsockopt(zmq.RCVTIMEO, wait_ms)
-                sock.setsockopt(zmq.SNDTIMEO, wait_ms)
+                wait_s = min(self.timeout_s, CLOSE_REPLY_TIMEOUT_S)
                 if self._awaiting_reply:
                     self._awaiting_reply = False
-                    sock.recv()  # the interrupted exchange's reply: then the socket may send again
-                sock.send(data)
-                sock.recv()
-        except zmq.ZMQError as exc:
+                    sock.recv(wait_s)  # the reply still owed: then the socket may send again
+                sock.send(data, wait_s)
+                sock.recv(wait_s)
+        except ZmtpError as exc:
             # The agent is gone or slow: nothing is owed after the final state.
             _log.debug("no reply to the final state for %s: %s", self._where(), exc)
         except codec.ProtocolError as exc:
@@ -214,20 +214,14 @@ class OpenGymInterface:
         finally:
             self._drop_socket()
 
-    @staticmethod
-    def _set_timeouts(sock: zmq.Socket, timeout_s: float) -> None:
-        timeout_ms = max(1, round(timeout_s * 1000))
-        sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
-        sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
-
     def _send(self, data: bytes, what: str) -> None:
         """Send one request; its reply is owed from then on. A failure closes the (now unusable) REQ socket."""
         sock = self._socket
         if sock is None:
             raise ControlPointError(f"{self._where()} is not connected (connect() first, or it was closed)")
         try:
-            sock.send(data)
-        except zmq.ZMQError as exc:
+            sock.send(data, self.timeout_s)
+        except ZmtpError as exc:
             self._drop_socket()
             raise ControlPointError(f"wire error for {self._where()} sending {what}: {exc}") from exc
         # Until the reply is in, the socket may not send: close() collects it first (a decision still
@@ -239,15 +233,19 @@ class OpenGymInterface:
         sock = self._socket
         if sock is None:
             raise ControlPointError(f"{self._where()} is not connected (connect() first, or it was closed)")
+        timeout_s = timeout_s or self.timeout_s
         try:
-            reply = sock.recv()
-        except zmq.Again as exc:
+            reply = sock.recv(timeout_s)
+        except ZmtpTimeout as exc:
             self._drop_socket()
             raise ControlPointError(
-                f"no answer from agent for {self._where()} within {timeout_s or self.timeout_s:g} s "
-                f"(waiting for {expected})"
+                f"no answer from agent for {self._where()} within {timeout_s:g} s (waiting for {expected})"
             ) from exc
-        except zmq.ZMQError as exc:
+        except ZmtpClosed as exc:
+            self._drop_socket()
+            raise ControlPointError(f"the agent for {self._where()} closed the connection while the simulation "
+                                    f"waited for {expected} (did it exit?)") from exc
+        except ZmtpError as exc:
             self._drop_socket()
             raise ControlPointError(f"wire error for {self._where()} waiting for {expected}: {exc}") from exc
         self._awaiting_reply = False
@@ -256,5 +254,5 @@ class OpenGymInterface:
     def _drop_socket(self) -> None:
         self._awaiting_reply = False
         if self._socket is not None:
-            self._socket.close(linger=0)
+            self._socket.close()
             self._socket = None

@@ -167,8 +167,8 @@ def test_agent_dying_mid_run_is_reported_within_the_timeout() -> None:
         agent.kill()
         agent.wait(timeout=10)
         start = time.monotonic()
-        with pytest.raises(ControlPointError, match=rf"no answer from agent for control point 'aqm' at "
-                                                    rf"tcp://127.0.0.1:{port} within 1 s"):
+        with pytest.raises(ControlPointError, match=rf"the agent for control point 'aqm' at tcp://127.0.0.1:{port} "
+                                                    rf"closed the connection while the simulation waited"):
             gym.step(aqm_vector(0.05), 0.0, {})
         assert time.monotonic() - start < 3.0
         assert not gym.connected
