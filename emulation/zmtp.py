@@ -147,6 +147,8 @@ class ReqSocket:
     def _next(self, deadline: float) -> tuple[int, bytes]:
         """The next frame or command: its flags and body."""
         flags = self._read(1, deadline)[0]
+        if flags & ~(_MORE | _LONG | _COMMAND):
+            raise ZmtpError(f"malformed frame from {self.endpoint} (flags {flags:#04x})")
         size = struct.unpack(">Q", self._read(8, deadline))[0] if flags & _LONG else self._read(1, deadline)[0]
         return flags, self._read(size, deadline)
 
