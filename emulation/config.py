@@ -218,6 +218,9 @@ class _AgentEndpoint(_Strict):
     connect_timeout_s: float = Field(120.0, gt=0)
     #: the agent is started by someone else at host:port (``testbed run`` starts none for it)
     external: bool = False
+    #: the agent listens on a Unix socket, ipc://<ipc> (``@NAME``: Linux's abstract namespace), instead of
+    #: host:port: the testbed's choice for the agents it starts on this machine
+    ipc: str | None = None
     #: simulated time between a state and its action taking effect (emulation/decision_delay.py)
     decision_delay: DecisionDelay = "none"
 
@@ -233,7 +236,7 @@ class AqmControlConfig(_AgentEndpoint):
 
 
 class AbrControlConfig(_AgentEndpoint):
-    """Video clients' quality choices served by agents: client i uses port + i."""
+    """Video clients' quality choices served by agents: client i uses port + i (or ipc ``<ipc>-i``)."""
 
     port: int = Field(5600, ge=1, le=65535)
 

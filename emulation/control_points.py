@@ -71,7 +71,7 @@ class AqmControlPoint:
             spaces.Discrete(config.n_actions) if self.grid is not None else spaces.Box(0.0, 1.0, (1,), np.float64)
         )
         self.iface = OpenGymInterface(self.name, self.obs_space, self.act_space, config.host, config.port,
-                                      config.timeout_s, config.connect_timeout_s)
+                                      config.timeout_s, config.connect_timeout_s, config.ipc)
         self.timing = DecisionTiming(self.name, config.decision_delay, self.iface, self._p_prime)
         self._tick_index = 0
         self._ticks_skipped = 0  # ticks that came while the agent still decided on an earlier state
@@ -185,13 +185,15 @@ class AqmControlPoint:
 class AbrControlPoint:
     """One video client's quality choice, answered by an agent process."""
 
-    def __init__(self, client: str, n_levels: int, config: AbrControlConfig, port: int):
+    def __init__(self, client: str, n_levels: int, config: AbrControlConfig, index: int):
+        """The control point of video client ``index``: its agent is at port + index (or ipc ``<ipc>-index``)."""
         self.name = f"abr-{client}"
         n_obs = AbrObservation.vector_size(n_levels)
         self.obs_space = spaces.Box(0.0, np.inf, shape=(n_obs,), dtype=np.float64)
         self.act_space = spaces.Discrete(n_levels)
-        self.iface = OpenGymInterface(self.name, self.obs_space, self.act_space, config.host, port, config.timeout_s,
-                                      config.connect_timeout_s)
+        self.iface = OpenGymInterface(self.name, self.obs_space, self.act_space, config.host, config.port + index,
+                                      config.timeout_s, config.connect_timeout_s,
+                                      f"{config.ipc}-{index}" if config.ipc else None)
         self.timing = DecisionTiming(self.name, config.decision_delay, self.iface, float)
         self._prev_quality: int | None = None
         self._last: AbrObservation | None = None

@@ -60,6 +60,7 @@ class OpenGymInterface:
         port: int = 5555,
         timeout_s: float = 30.0,
         connect_timeout_s: float | None = None,
+        ipc: str | None = None,
     ):
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
@@ -70,6 +71,8 @@ class OpenGymInterface:
         self.act_space = act_space
         self.host = host
         self.port = int(port)
+        #: the agent's Unix socket name (ipc://), used instead of host:port when set
+        self.ipc = ipc
         self.timeout_s = float(timeout_s)
         #: the wait for the agent's SimInitAck, which includes the agent's own start-up
         self.connect_timeout_s = float(connect_timeout_s or timeout_s)
@@ -89,7 +92,7 @@ class OpenGymInterface:
 
     @property
     def endpoint(self) -> str:
-        return f"tcp://{self.host}:{self.port}"
+        return f"ipc://{self.ipc}" if self.ipc else f"tcp://{self.host}:{self.port}"
 
     @property
     def connected(self) -> bool:

@@ -59,9 +59,11 @@ _DELIMITER = b"\x01\x00"
 
 
 def parse_endpoint(endpoint: str) -> tuple[int, str | tuple[str, int]]:
-    """``tcp://HOST:PORT`` (IPv6 hosts in brackets) or ``ipc://PATH`` as a socket family and address."""
+    """``tcp://HOST:PORT`` (IPv6 hosts in brackets) or ``ipc://PATH`` as a socket family and address;
+    ``ipc://@NAME`` is Linux's abstract namespace, as in libzmq."""
     if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://"):
-        return socket.AF_UNIX, endpoint.removeprefix("ipc://")
+        path = endpoint.removeprefix("ipc://")
+        return socket.AF_UNIX, "\0" + path[1:] if path.startswith("@") else path
     host, sep, port = endpoint.removeprefix("tcp://").rpartition(":")
     if not endpoint.startswith("tcp://") or not sep or not host or not port.isdigit():
         raise ValueError(f"endpoint {endpoint!r}: expected tcp://HOST:PORT or ipc://PATH")
@@ -116,7 +118,10 @@ class ReqSocket:
         else:
             sock = socket.create_connection(self._address, timeout=timeout_s)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._timeout_s = timeout_s
+        # Blocking, with the kernel's time limits: one system call per send or receive (Python's own
+        # timeouts poll first, a second one), and a receive that times out fails with EAGAIN.
+        sock.settimeout(None)
+        self._timeout_s = None
         return sock
 
     def send(self, data: bytes, timeout_s: float) -> None:
@@ -174,7 +179,7 @@ class ReqSocket:
             self._set_timeout(deadline - time.monotonic())
             try:
                 chunk = sock.recv(65536)
-            except TimeoutError as exc:
+            except BlockingIOError as exc:
                 raise ZmtpTimeout(f"no message from {self.endpoint} in time") from exc
             except ConnectionResetError as exc:
                 raise ZmtpClosed(f"the peer at {self.endpoint} reset the connection") from exc
@@ -192,17 +197,21 @@ class ReqSocket:
         self._set_timeout(timeout_s)
         try:
             sock.sendall(data)
-        except TimeoutError as exc:
+        except BlockingIOError as exc:
             raise ZmtpTimeout(f"sending to {self.endpoint} timed out") from exc
         except OSError as exc:
             raise ZmtpError(f"connection to {self.endpoint} failed: {exc.strerror or exc}") from exc
 
     def _set_timeout(self, timeout_s: float) -> None:
+        """Limit each blocking send and receive to ``timeout_s`` (only when the limit changes by more than
+        5 %: setting it is a system call, and a wait of many receives may overrun its deadline that much)."""
         if timeout_s <= 0:
             raise ZmtpTimeout(f"no message from {self.endpoint} in time")
-        # settimeout is a system call's worth of work: only when the limit really changes (hot path).
         if self._timeout_s is None or abs(timeout_s - self._timeout_s) > 0.05 * self._timeout_s:
-            self._sock.settimeout(timeout_s)
+            micros = max(1, round(timeout_s * 1e6))  # a struct timeval; all zero would mean no limit
+            limit = struct.pack("@ll", micros // 1_000_000, micros % 1_000_000)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
             self._timeout_s = timeout_s
 
     def _require(self) -> socket.socket:

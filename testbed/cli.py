@@ -99,9 +99,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"running {config.name} (seed {config.seed}, {config.duration_s:g} s simulated) -> {run_dir}", file=sys.stderr)
     for name, point in (("aqm", config.control.aqm), ("abr", config.control.abr)):
         if point is not None and point.external:
-            ports = f"{point.port}" if name == "aqm" else f"{point.port}..{point.port + len(config.all_video()) - 1}"
-            print(f"  {name} control point: waiting up to {point.connect_timeout_s:g} s for your agent at "
-                  f"tcp://{point.host}:{ports}", file=sys.stderr)
+            last = len(config.all_video()) - 1
+            if point.ipc:
+                where = f"ipc://{point.ipc}" if name == "aqm" else f"ipc://{point.ipc}-0..{last}"
+            else:
+                ports = f"{point.port}" if name == "aqm" else f"{point.port}..{point.port + last}"
+                where = f"tcp://{point.host}:{ports}"
+            print(f"  {name} control point: waiting up to {point.connect_timeout_s:g} s for your agent at {where}",
+                  file=sys.stderr)
     result = run_config(config, run_dir, timeout_s=args.timeout, agents=agents,
                         overwrite=args.overwrite or not args.out)
     if result.status != "ok":

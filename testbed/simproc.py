@@ -47,7 +47,7 @@ def build_components(config: SimulationConfig) -> list:
         for i, client in enumerate(config.all_video()):
             if config.control.abr is not None:
                 manifest = load_manifest(client.manifest) if client.manifest else default_manifest()
-                point = AbrControlPoint(client.name, manifest.n_levels, config.control.abr, config.control.abr.port + i)
+                point = AbrControlPoint(client.name, manifest.n_levels, config.control.abr, i)
                 points.append(point)
                 decide[client.name] = point.decide
             else:
