@@ -49,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", required=True, help="acting policy name (see agents.registry)")
     p.add_argument("--shadow", action="append", default=[], metavar="NAME",
                    help="shadow policy whose would-be actions are logged (repeatable)")
-    p.add_argument("--port", type=int, required=True, help="TCP port to bind (0 picks a free one)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", type=int, help="TCP port to bind (0 picks a free one)")
+    where.add_argument("--ipc", metavar="NAME", help="listen on ipc://NAME, a Unix socket, instead of a TCP port "
+                       "(a simulation on this machine; @NAME: Linux's abstract namespace, no file)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; any other is reachable from other hosts: a warning says so)")
     p.add_argument("--out", default=None, metavar="DIR", help="run directory for decisions.parquet")
@@ -145,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--behind only makes sense with --mode shadow")
         else:
             policy = main_policy
-        env = OpenGymEnv(port=args.port, host=args.host, timeout_s=args.timeout, connect_timeout_s=args.connect_timeout)
+        env = OpenGymEnv(port=args.port or 0, host=args.host, timeout_s=args.timeout,
+                         connect_timeout_s=args.connect_timeout, ipc=args.ipc)
         _log.info("serving %s policy %s%s on %s", args.control, policy.name,
                   "".join(f" (shadow {s.name})" for s in shadows), env.endpoint)
         result = serve(env, policy, shadows=shadows, out_dir=args.out, episodes=args.episodes,

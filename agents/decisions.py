@@ -5,18 +5,21 @@ written incrementally, a row group every ``rows_per_group`` rows, to a hidden
 temporary file that becomes ``decisions.parquet`` on close, so a reader never
 sees half a file. SIGTERM is turned into ``SystemExit`` (SIGINT already raises
 KeyboardInterrupt) and open logs are closed at interpreter exit, so a run that
-is stopped still leaves a valid file with everything decided so far.
+is stopped still leaves a valid file with everything decided so far; inside
+:func:`stop_signals_deferred` (a row-group write, an answer and its row) both
+wait until the block is done.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import signal
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,19 +55,60 @@ def _close_open_logs() -> None:
         log.close()
 
 
-def _raise_system_exit(signum: int, _frame: object) -> None:
+#: how deep the main thread is in stop_signals_deferred(), and the stop signals that arrived meanwhile
+_defer_depth = 0
+_deferred_signals: list[int] = []
+
+
+def _raise_for(signum: int) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise SystemExit(128 + signum)
 
 
+def _stop(signum: int, _frame: object) -> None:
+    """Handler of SIGTERM and SIGINT: unwind now, or at the end of a ``stop_signals_deferred`` block."""
+    if _defer_depth:
+        _deferred_signals.append(signum)
+        return
+    _raise_for(signum)
+
+
 def _install_handlers() -> None:
-    """Once per process: close logs at exit and let SIGTERM unwind (so ``with``/``finally`` close them)."""
+    """Once per process: close logs at exit and let SIGTERM unwind (so ``with``/``finally`` close them).
+
+    Python runs signal handlers in the main thread whichever thread the signal reaches (zmq's I/O
+    threads included), so a handler that defers (:func:`stop_signals_deferred`) is what keeps a block
+    whole; masking the signal in the main thread would not.
+    """
     global _handlers_installed
     if _handlers_installed:
         return
     _handlers_installed = True
     atexit.register(_close_open_logs)
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_system_exit)
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _stop)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _stop)
+
+
+@contextlib.contextmanager
+def stop_signals_deferred() -> Iterator[None]:
+    """SIGTERM and SIGINT that arrive inside the block take effect when it ends (once a DecisionLog exists)."""
+    global _defer_depth
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers run in the main thread only: nothing here can be cut short by one
+        return
+    _defer_depth += 1
+    try:
+        yield
+    finally:
+        _defer_depth -= 1
+        if not _defer_depth and _deferred_signals:
+            signum = _deferred_signals[0]
+            _deferred_signals.clear()
+            _raise_for(signum)
 
 
 def warm_up() -> None:
@@ -142,13 +186,10 @@ class DecisionLog:
         if self._writer is None or not self._rows:
             return
         # A signal arriving mid-write must not run a handler that closes this writer under us.
-        blocked = _block_signals()
-        try:
+        with stop_signals_deferred():
             rows, self._rows = self._rows, []
             self._writer.write_table(_rows_to_table(rows, self.schema))
             self.rows_written += len(rows)
-        finally:
-            _unblock_signals(blocked)
 
     def close(self) -> Path:
         """Flush, finish the file and move it into place; idempotent."""
@@ -179,18 +220,3 @@ def _rows_to_table(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
         else:
             arrays.append(pa.array(values, type=field.type))
     return pa.Table.from_arrays(arrays, schema=schema)
-
-
-_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
-def _block_signals() -> set[int] | None:
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-
-
-def _unblock_signals(previous: set[int] | None) -> None:
-    if previous is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-

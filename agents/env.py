@@ -86,7 +86,7 @@ class OpenGymEnv(gym.Env):
     """
 
     def __init__(self, port: int = 5555, host: str = "127.0.0.1", timeout_s: float = 30.0,
-                 connect_timeout_s: float | None = None):
+                 connect_timeout_s: float | None = None, ipc: str | None = None):
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         if connect_timeout_s is not None and not connect_timeout_s > 0:
@@ -98,6 +98,8 @@ class OpenGymEnv(gym.Env):
         #: the wait in ``reset`` for a simulation to connect (it covers the simulation's start-up)
         self.connect_timeout_s = float(connect_timeout_s or timeout_s)
         self.port = int(port)
+        #: listen on ipc://<ipc> (a Unix socket; ``@NAME``: Linux's abstract namespace) instead of host:port
+        self.ipc = ipc
         self.sim_process_id: int | None = None
         self.last_state: codec.EnvState | None = None
         self._ctx = zmq.Context()
@@ -116,7 +118,7 @@ class OpenGymEnv(gym.Env):
 
     @property
     def endpoint(self) -> str:
-        return f"tcp://{self.host}:{self.port}"
+        return f"ipc://{self.ipc}" if self.ipc else f"tcp://{self.host}:{self.port}"
 
     @property
     def process(self) -> subprocess.Popen | None:
@@ -154,10 +156,24 @@ class OpenGymEnv(gym.Env):
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         """Answer the pending state with ``action`` and return the next state."""
+        self.reply(action)
+        return self.next_state()
+
+    def reply(self, action: Any) -> None:
+        """Answer the pending state with ``action`` now; :meth:`next_state` then waits for the next state.
+
+        The two halves of :meth:`step`, for an agent with work to do after its answer is out (shadow
+        policies, logging) while the simulation runs on.
+        """
         if not self._owes_reply:
             raise RuntimeError("no pending state to answer: call reset() first (one episode is one connection)")
         self._send(self._encode_action(action))
         self._owes_reply = False
+
+    def next_state(self) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """Wait for the state that follows the answer sent by :meth:`reply`; returns what :meth:`step` does."""
+        if self._owes_reply:
+            raise RuntimeError("the pending state is not answered yet: reply() first")
         obs, reward, terminated, info = self._receive_state("the next EnvStateMsg")
         return obs, reward, terminated, False, info
 
@@ -237,14 +253,14 @@ class OpenGymEnv(gym.Env):
     # ------------------------------------------------------------------ wire
 
     def _bind(self, retry_s: float) -> None:
-        if not is_loopback(self.host):
+        if not self.ipc and not is_loopback(self.host):
             _log.warning("the agent listens on %s, beyond this machine: any host that reaches the port can drive "
                          "it (the ns3-gym protocol has no authentication); bind 127.0.0.1 unless the simulation "
                          "runs elsewhere", self.host)
         sock = self._ctx.socket(zmq.REP)
         sock.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
         sock.setsockopt(zmq.SNDTIMEO, max(1, round(self.timeout_s * 1000)))
-        address = f"tcp://{self.host}:{self.port if self.port else '*'}"
+        address = self.endpoint if self.ipc else f"tcp://{self.host}:{self.port if self.port else '*'}"
         deadline = time.monotonic() + retry_s
         while True:
             try:
@@ -255,7 +271,7 @@ class OpenGymEnv(gym.Env):
                     sock.close(linger=0)
                     raise OSError(exc.errno, f"cannot bind the agent socket at {address}: {exc}") from exc
                 time.sleep(0.01)
-        if not self.port:
+        if not self.port and not self.ipc:
             self.port = int(sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
         self._socket = sock
         self._served = False

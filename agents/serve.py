@@ -2,9 +2,9 @@
 
 ``serve`` is the library function behind ``python -m agents serve``; tests and
 the orchestrator call it directly with objects. Each observation is shown to
-the acting policy (whose action goes back on the wire) and to every shadow
-policy (whose would-be action is only logged), so any run can become training
-data for the others.
+the acting policy (whose action goes back on the wire at once) and then to
+every shadow policy (whose would-be action is only logged), so any run can
+become training data for the others without a shadow delaying the acting one.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from agents.decisions import DecisionLog, warm_up
+from agents.decisions import DecisionLog, stop_signals_deferred, warm_up
 from agents.env import OpenGymEnv
 from agents.policy import Policy, check_control, observe_reward
 from agents.protocol.control_points import AbrObservation, AqmObservation, aqm_action_grid
@@ -98,6 +98,23 @@ def _action_values(action: int | np.ndarray) -> np.ndarray:
     return np.asarray(action, dtype=np.float64).ravel()
 
 
+def _decide(policy: Policy, obs: AqmObservation | AbrObservation, control: str,
+            action_space: spaces.Space) -> tuple[int | np.ndarray, float]:
+    """``policy``'s wire action for ``obs`` and how long the policy took to choose it (ms)."""
+    t0 = time.perf_counter()
+    raw = policy.act(obs)
+    decision_ms = (time.perf_counter() - t0) * 1e3
+    return to_space_action(control, raw, action_space), decision_ms
+
+
+def _record(log: DecisionLog | None, row: dict[str, Any], policy: Policy, role: str, action: int | np.ndarray,
+            decision_ms: float) -> None:
+    """One decision's row: ``row`` holds what every policy saw at this step."""
+    if log is not None:
+        log.append(**row, policy=policy.name, role=role, action=_action_values(action), decision_ms=decision_ms,
+                   fallback=bool(getattr(policy, "last_fallback", False)))
+
+
 def _sim_time_s(info: dict[str, Any]) -> float:
     try:
         return float(info.get("sim_time_s", math.nan))
@@ -131,7 +148,7 @@ def serve(
     control_point = control_point or control
     if out_dir is not None:
         warm_up()
-    deciders = [("acting", policy)] + [("shadow", s) for s in shadows]
+    deciders = [policy, *shadows]
     log: DecisionLog | None = None
     decisions = 0
     try:
@@ -143,7 +160,7 @@ def serve(
             if log is None and out_dir is not None:
                 log = DecisionLog(Path(out_dir) / DECISIONS_FILE, control_point, control,
                                   obs_fields(control, env.observation_space), policy.name)
-            for _, p in deciders:
+            for p in deciders:
                 p.reset()
             state = env.last_state
             done = state.game_over
@@ -152,7 +169,7 @@ def serve(
                 obs_vec = np.asarray(obs, dtype=np.float64).ravel()
                 sim_time_s = _sim_time_s(info)
                 if step > 0:
-                    for _, p in deciders:
+                    for p in deciders:
                         observe_reward(p, state.reward)
                 if done:
                     if log is not None:
@@ -160,19 +177,17 @@ def serve(
                                    action=(), reward=state.reward, decision_ms=math.nan, done=True, info=state.info)
                     break
                 obs_view = observation(control, obs_vec)
-                acting_action: int | np.ndarray = 0
-                for role, p in deciders:
-                    t0 = time.perf_counter()
-                    raw = p.act(obs_view)
-                    decision_ms = (time.perf_counter() - t0) * 1e3
-                    action = to_space_action(control, raw, env.action_space)
-                    if role == "acting":
-                        acting_action = action
-                    if log is not None:
-                        log.append(step=step, sim_time_s=sim_time_s, policy=p.name, role=role, obs=obs_vec,
-                                   action=_action_values(action), reward=state.reward, decision_ms=decision_ms,
-                                   fallback=bool(getattr(p, "last_fallback", False)), info=state.info)
-                obs, _reward, done, _truncated, info = env.step(acting_action)
+                row = {"step": step, "sim_time_s": sim_time_s, "obs": obs_vec, "reward": state.reward,
+                       "info": state.info}
+                # The acting answer goes out first (with its row: a stop signal gets both or neither); the
+                # shadows decide after it, while the simulation runs on, so they never delay it.
+                action, decision_ms = _decide(policy, obs_view, control, env.action_space)
+                with stop_signals_deferred():
+                    env.reply(action)
+                    _record(log, row, policy, "acting", action, decision_ms)
+                for shadow in shadows:
+                    _record(log, row, shadow, "shadow", *_decide(shadow, obs_view, control, env.action_space))
+                obs, _reward, done, _truncated, info = env.next_state()
                 state = env.last_state
                 decisions += 1
                 step += 1

@@ -7,9 +7,10 @@ validates exactly what it runs; ``testbed.scenario`` turns scenario files
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 #: What a name may be made of: names become parts of paths (run directories, agent logs).
 NAME_PATTERN = r"[A-Za-z0-9._-]+"
@@ -185,8 +186,29 @@ class AqmRewardWeights(_Strict):
     c_target_s: float = Field(0.015, gt=0)
 
 
+def check_decision_delay(value: object) -> str | float:
+    """``none``, ``measured``, or a delay in ms (a finite number >= 0, also given as text: ``"12"``)."""
+    if value in ("none", "measured"):
+        return value
+    ms = float("nan")
+    if not isinstance(value, bool):
+        try:
+            ms = float(value)
+        except (TypeError, ValueError):
+            pass
+    if not (math.isfinite(ms) and ms >= 0):
+        raise ValueError(f"decision_delay must be none, measured or a delay in ms >= 0, got {value!r}")
+    return ms
+
+
+#: ``control.<point>.decision_delay``: ``none`` (the action takes effect at its state's instant), a fixed
+#: delay in ms of simulated time, or ``measured`` (each decision's own wall-clock round trip).
+DecisionDelay = Annotated[Literal["none", "measured"] | float, BeforeValidator(check_decision_delay)]
+
+
 class _AgentEndpoint(_Strict):
-    """Where the simulation finds a control point's agent, and how long it waits for it."""
+    """Where the simulation finds a control point's agent, how long it waits for it, and when its
+    actions take effect."""
 
     host: str = "127.0.0.1"
     port: int = Field(5555, ge=1, le=65535)
@@ -196,6 +218,11 @@ class _AgentEndpoint(_Strict):
     connect_timeout_s: float = Field(120.0, gt=0)
     #: the agent is started by someone else at host:port (``testbed run`` starts none for it)
     external: bool = False
+    #: the agent listens on a Unix socket, ipc://<ipc> (``@NAME``: Linux's abstract namespace), instead of
+    #: host:port: the testbed's choice for the agents it starts on this machine
+    ipc: str | None = None
+    #: simulated time between a state and its action taking effect (emulation/decision_delay.py)
+    decision_delay: DecisionDelay = "none"
 
 
 class AqmControlConfig(_AgentEndpoint):
@@ -209,8 +236,9 @@ class AqmControlConfig(_AgentEndpoint):
 
 
 class AbrControlConfig(_AgentEndpoint):
-    """Video clients' quality choices served by agents: client i uses port + i (or, with ``one_endpoint``,
-    every client the same port: a policy server that tells clients apart by their connection's identity)."""
+    """Video clients' quality choices served by agents: client i uses port + i (or ipc ``<ipc>-i``), or, with
+    ``one_endpoint``, every client the same port: a policy server that tells clients apart by their connection's
+    identity."""
 
     port: int = Field(5600, ge=1, le=65535)
     one_endpoint: bool = False
@@ -276,6 +304,11 @@ class SimulationConfig(_Strict):
             if flow.kind == "udp" and flow.ecn and not self.is_real(flow):
                 raise ValueError(f"flow '{flow.name}': ecn on a udp flow (ECT(1) through the IP TOS byte) exists only "
                                  "on real hosts: real: true with emulation.mode: real")
+        for point_name, point in (("aqm", self.control.aqm), ("abr", self.control.abr)):
+            if self.real_mode and point is not None and point.decision_delay != "none":
+                raise ValueError(f"control.{point_name}.decision_delay is {point.decision_delay!r}, but delays in "
+                                 "simulated time do not apply in real mode (emulation.mode: real), where simulated "
+                                 "time is the wall clock's: use none")
         for flow in [*self.flows, *self.video]:
             if flow.rtt_ms / 2 < self.bottleneck.delay_ms:
                 raise ValueError(

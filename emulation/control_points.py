@@ -10,6 +10,10 @@ external PI2 agent reproduces the in-queue run exactly.
 ABR: a ``decide`` function for the video client that sends the
 ``AbrObservation`` with the QoE_lin reward of the previous chunk.
 
+Each point's ``decision_delay`` says when its actions take effect
+(emulation/decision_delay.py): at the state's instant (``none``, the default),
+a fixed time later, or after the decision's measured wall-clock time.
+
 Rewards (documented in docs/run-directory.md and configurable):
 - ABR: QoE_lin of the chunk just downloaded.
 - AQM: ``w_util * utilisation - w_l * max(0, l_sojourn - l_target)/l_target
@@ -33,6 +37,7 @@ from gymnasium import spaces
 from agents.protocol.control_points import AbrObservation, AqmObservation, aqm_action_grid
 from agents.protocol.qoe import qoe_lin
 from emulation.config import AbrControlConfig, AqmControlConfig
+from emulation.decision_delay import DecisionTiming, Deferred, add_actions
 from emulation.opengym import ControlPointError, OpenGymInterface
 
 
@@ -45,15 +50,13 @@ def episode_end(sim) -> tuple[str, dict]:
     return "SimulationEnd", {}
 
 
-def _round_trip_stats(iface: OpenGymInterface) -> dict:
-    rtt = iface.round_trips_s * 1e6
-    if rtt.size == 0:
-        return {"steps": 0, "round_trip_p50_us": None, "round_trip_p99_us": None}
-    return {
-        "steps": int(rtt.size),
-        "round_trip_p50_us": float(np.percentile(rtt, 50)),
-        "round_trip_p99_us": float(np.percentile(rtt, 99)),
-    }
+def _control_stats(timing: DecisionTiming) -> dict:
+    """summary.json's ``control.<point>``: steps, the wall time the simulation waited per answer, the delays."""
+    rtt = timing.iface.round_trips_s * 1e6
+    stats = {"steps": int(rtt.size), "round_trip_p50_us": None, "round_trip_p99_us": None}
+    if rtt.size:
+        stats.update(round_trip_p50_us=float(np.percentile(rtt, 50)), round_trip_p99_us=float(np.percentile(rtt, 99)))
+    return {**stats, **timing.summary()}
 
 
 class AqmControlPoint:
@@ -70,10 +73,13 @@ class AqmControlPoint:
             spaces.Discrete(config.n_actions) if self.grid is not None else spaces.Box(0.0, 1.0, (1,), np.float64)
         )
         self.iface = OpenGymInterface(self.name, self.obs_space, self.act_space, config.host, config.port,
-                                      config.timeout_s, config.connect_timeout_s)
+                                      config.timeout_s, config.connect_timeout_s, config.ipc)
+        self.timing = DecisionTiming(self.name, config.decision_delay, self.iface, self._p_prime)
         self._tick_index = 0
+        self._ticks_skipped = 0  # ticks that came while the agent still decided on an earlier state
         self._last_obs: AqmObservation | None = None
         self._reward = 0.0
+        self._deferred: Deferred | None = None
 
     def attach(self, sim) -> None:
         ns = sim.ns
@@ -84,9 +90,11 @@ class AqmControlPoint:
         queue.SetAttribute("ExternalControl", ns.BooleanValue(True))
         self.rate_bps = sim.config.bottleneck.rate_mbps * 1e6
         self._prev = self._snapshot()
+        self.timing.attach(sim)
         self.iface.connect(control_point_identity(self.name, sim))
         # C++ holds only a reference: keep the callable alive for the whole run.
         self._hook = sim.guard(self._tick)
+        self._take_effect_fn = self._take_effect  # one bound method, so Simulation.schedule wraps it once
         queue.SetExternalUpdateHook(self._hook)
 
     def _snapshot(self) -> dict:
@@ -141,11 +149,27 @@ class AqmControlPoint:
         self._tick_index += 1
         if self._tick_index % self.config.every_k:
             return
+        if self.timing.pending:
+            self._ticks_skipped += 1
+            return
         obs = self._observe()
         self._last_obs = obs
-        action = self.iface.step(obs.to_vector(), self._reward, self._info(obs))
+        answer = self.timing.ask(obs.to_vector(), self._reward, self._info(obs))
         self._reward = self.reward(obs)
-        p_prime = float(self.grid[int(action)]) if self.grid is not None else float(np.asarray(action).ravel()[0])
+        if isinstance(answer, Deferred):
+            self._deferred = answer
+            self.sim.schedule(answer.delay_s, self._take_effect_fn)
+        else:
+            self._apply(answer)
+
+    def _take_effect(self) -> None:
+        self._apply(self._deferred.collect())
+
+    def _p_prime(self, action) -> float:
+        return float(self.grid[int(action)]) if self.grid is not None else float(np.asarray(action).ravel()[0])
+
+    def _apply(self, action) -> None:
+        p_prime = self._p_prime(action)
         if not self.queue.SetBaseProbability(p_prime):
             raise ControlPointError(f"control point 'aqm': agent's p'={p_prime!r} is outside [0, 1]")
 
@@ -155,24 +179,30 @@ class AqmControlPoint:
         try:
             self.iface.close(obs.to_vector(), self._reward, {**self._info(obs), **end_info}, reason)
         finally:
-            sim.summary_extra.setdefault("control", {})[self.name] = _round_trip_stats(self.iface)
+            stats = _control_stats(self.timing)
+            sim.summary_extra.setdefault("control", {})[self.name] = {**stats, "ticks_skipped": self._ticks_skipped}
+            add_actions(sim, [self.timing])
 
 
 class AbrControlPoint:
     """One video client's quality choice, answered by an agent process."""
 
-    def __init__(self, client: str, n_levels: int, config: AbrControlConfig, port: int):
+    def __init__(self, client: str, n_levels: int, config: AbrControlConfig, index: int):
+        """The control point of video client ``index``: its agent is at port + index (or ipc ``<ipc>-index``)."""
         self.name = f"abr-{client}"
         n_obs = AbrObservation.vector_size(n_levels)
         self.obs_space = spaces.Box(0.0, np.inf, shape=(n_obs,), dtype=np.float64)
         self.act_space = spaces.Discrete(n_levels)
-        self.iface = OpenGymInterface(self.name, self.obs_space, self.act_space, config.host, port, config.timeout_s,
-                                      config.connect_timeout_s)
+        self.iface = OpenGymInterface(self.name, self.obs_space, self.act_space, config.host, config.port + index,
+                                      config.timeout_s, config.connect_timeout_s,
+                                      f"{config.ipc}-{index}" if config.ipc else None)
+        self.timing = DecisionTiming(self.name, config.decision_delay, self.iface, float)
         self._prev_quality: int | None = None
         self._last: AbrObservation | None = None
         self._step = 0
 
-    def connect(self, identity: str | None = None) -> None:
+    def connect(self, sim, identity: str | None = None) -> None:
+        self.timing.attach(sim)
         self.iface.connect(identity)
 
     def chunk_reward(self, obs: AbrObservation) -> float:
@@ -183,21 +213,22 @@ class AbrControlPoint:
         previous_bps = None if self._prev_quality is None else rates_bps[self._prev_quality]
         return float(qoe_lin([rates_bps[obs.last_quality]], [obs.rebuffer_s], previous_bps)[0])
 
-    def decide(self, obs: AbrObservation) -> int:
+    def decide(self, obs: AbrObservation) -> int | Deferred:
+        """The next chunk's quality, or (with a decision delay) a :class:`Deferred` that gives it later."""
         reward = self.chunk_reward(obs)
         if obs.chunk_index > 0:
             self._prev_quality = obs.last_quality
         self._last = obs
         info = {"chunk": obs.chunk_index, "buffer_s": obs.buffer_s, "step": self._step}
         self._step += 1
-        return int(self.iface.step(obs.to_vector(), reward, info))
+        return self.timing.ask(obs.to_vector(), reward, info)
 
     def close(self, reason: str = "SimulationEnd", end_info: dict | None = None) -> dict:
         if self._last is not None:
             final = self._last
             info = {"chunk": final.chunk_index, "final": True, **(end_info or {})}
             self.iface.close(final.to_vector(), 0.0, info, reason)
-        return _round_trip_stats(self.iface)
+        return _control_stats(self.timing)
 
 
 def control_point_identity(name: str, sim) -> str:
@@ -214,10 +245,13 @@ class AbrControlGroup:
 
     def attach(self, sim) -> None:
         for point in self.points:
-            point.connect(control_point_identity(point.name, sim))
+            point.connect(sim, control_point_identity(point.name, sim))
 
     def finish(self, sim) -> None:
         stats = sim.summary_extra.setdefault("control", {})
         reason, end_info = episode_end(sim)
-        for point in self.points:
-            stats[point.name] = point.close(reason, end_info)
+        try:
+            for point in self.points:
+                stats[point.name] = point.close(reason, end_info)
+        finally:
+            add_actions(sim, [point.timing for point in self.points])

@@ -8,9 +8,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from emulation.config import check_decision_delay
 from testbed import lifecycle
 from testbed.grid import policy_server_choice
-from testbed.runner import DEFAULT_RUNS_DIR, default_run_dir, parse_agent, run_config, with_agents
+from testbed.runner import (
+    DEFAULT_RUNS_DIR,
+    default_run_dir,
+    parse_agent,
+    run_config,
+    with_agents,
+    with_decision_delays,
+)
 from testbed.scenario import ScenarioError, list_scenarios, load_scenario
 
 if TYPE_CHECKING:  # the report's imports are only paid for by the commands that report
@@ -34,8 +42,13 @@ def format_summary(summary: dict) -> str:
             )
     for name, c in (summary.get("control") or {}).items():
         if c.get("steps"):
+            delay = c.get("decision_delay", "none")
+            if delay != "none":
+                skipped = f", {c['ticks_skipped']} ticks skipped" if c.get("ticks_skipped") else ""
+                delay = (f"{delay} (p50 {_fmt(c.get('decision_delay_ms_p50'), ' ms', 3)}{skipped})" if delay == "measured"
+                         else f"{delay:g} ms{skipped}")
             lines.append(f"  control point {name:<10} {c['steps']} steps, round trip p50 {_fmt(c['round_trip_p50_us'], ' us', 0)}"
-                         f" p99 {_fmt(c['round_trip_p99_us'], ' us', 0)}")
+                         f" p99 {_fmt(c['round_trip_p99_us'], ' us', 0)}, decision delay {delay}")
     for point, policies in (summary.get("agents") or {}).items():
         for name, a in policies.items():
             extra = f"  agreement {a['agreement']:.2f}" if a.get("agreement") is not None else ""
@@ -80,14 +93,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     abr = parse_agent(args.abr, "--abr")
     config, agents = with_agents(config, aqm, abr, tuple(args.shadow), timeout_s=args.agent_timeout,
                                  connect_timeout_s=args.agent_connect_timeout, policy_server=policy_server_choice())
+    if args.decision_delay:
+        config = with_decision_delays(config, dict(args.decision_delay))
     # The default directory belongs to the testbed: a new run of the same scenario, policy and seed replaces it.
     run_dir = Path(args.out) if args.out else default_run_dir(config, Path(args.runs_dir), agents)
     print(f"running {config.name} (seed {config.seed}, {config.duration_s:g} s simulated) -> {run_dir}", file=sys.stderr)
     for name, point in (("aqm", config.control.aqm), ("abr", config.control.abr)):
         if point is not None and point.external:
-            ports = f"{point.port}" if name == "aqm" else f"{point.port}..{point.port + len(config.all_video()) - 1}"
-            print(f"  {name} control point: waiting up to {point.connect_timeout_s:g} s for your agent at "
-                  f"tcp://{point.host}:{ports}", file=sys.stderr)
+            last = len(config.all_video()) - 1
+            if point.ipc:
+                where = f"ipc://{point.ipc}" if name == "aqm" else f"ipc://{point.ipc}-0..{last}"
+            else:
+                ports = f"{point.port}" if name == "aqm" else f"{point.port}..{point.port + last}"
+                where = f"tcp://{point.host}:{ports}"
+            print(f"  {name} control point: waiting up to {point.connect_timeout_s:g} s for your agent at {where}",
+                  file=sys.stderr)
     result = run_config(config, run_dir, timeout_s=args.timeout, agents=agents,
                         overwrite=args.overwrite or not args.out)
     if result.status != "ok":
@@ -117,6 +137,17 @@ def _positive_seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected seconds (a number > 0), got {text!r}")
     return value
+
+
+def _decision_delay_arg(text: str) -> tuple[str, str | float]:
+    """POINT=DELAY: aqm or abr, and none, measured or a delay in ms."""
+    point, sep, value = text.partition("=")
+    if not sep or point not in ("aqm", "abr"):
+        raise argparse.ArgumentTypeError(f"expected aqm=DELAY or abr=DELAY (e.g. aqm=12, abr=measured), got {text!r}")
+    try:
+        return point, check_decision_delay(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _agent_timeouts(parser: argparse.ArgumentParser, connect: bool = True) -> None:
@@ -235,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "rate, mpc, bola, llm), or tcp://HOST:BASEPORT for agents you started (client i at BASEPORT+i)")
     run.add_argument("--shadow", action="append", default=[], metavar="NAME",
                      help="policy that shadows the acting one in each agent the testbed starts (repeatable)")
+    run.add_argument("--decision-delay", action="append", default=[], type=_decision_delay_arg,
+                     metavar="POINT=DELAY", help="when an agent's actions take effect, in simulated time: aqm=12 or "
+                     "abr=80 (ms after the state; the simulation runs on meanwhile), aqm=measured (after each "
+                     "decision's wall-clock round trip), aqm=none (at once, the default); repeatable")
     _agent_timeouts(run)
     _policy_server_option(run)
     run.add_argument("--llm-checkpoint", help="adapted LLM checkpoint directory for the llm policy (acting or shadow)")

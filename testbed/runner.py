@@ -13,6 +13,7 @@ and nothing is left running. That cleanup is not cut short by a second signal.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -50,6 +51,8 @@ class AgentSpec:
     policy_args: tuple[tuple[str, str], ...] = ()
     #: longest wait for the simulation's first message (covers the simulation's start-up)
     connect_timeout_s: float = 120.0
+    #: listen on this Unix socket (ipc://) instead of host:port
+    ipc: str | None = None
 
 
 @dataclass
@@ -90,16 +93,29 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def local_ipc_name() -> str | None:
+    """A fresh Unix socket name for an agent the runner starts beside the simulation: Linux's abstract
+    namespace (no file to clean up, gone with the socket); None elsewhere, where agents keep TCP."""
+    return f"@l4s-testbed-{os.getpid()}-{secrets.token_hex(6)}" if sys.platform == "linux" else None
+
+
 @dataclass(frozen=True)
 class ExternalAgent:
-    """An agent the runner does not start (``--aqm tcp://HOST:PORT``): where the simulation finds it."""
+    """An agent the runner does not start (``--aqm tcp://HOST:PORT`` or ``ipc://NAME``): where the simulation
+    finds it."""
 
     host: str
     port: int
+    ipc: str | None = None
 
 
 def parse_agent(text: str | None, option: str) -> str | ExternalAgent | None:
-    """A policy name, or ``tcp://HOST:PORT`` for an agent started elsewhere (IPv6 hosts in brackets)."""
+    """A policy name, or ``tcp://HOST:PORT`` (IPv6 hosts in brackets) or ``ipc://NAME`` for an agent started
+    elsewhere."""
+    if text is not None and text.startswith("ipc://"):
+        if text == "ipc://":
+            raise ValueError(f"{option} {text}: expected ipc://NAME (a Unix socket path, or @NAME)")
+        return ExternalAgent(LOOPBACK, 5555, text.removeprefix("ipc://"))
     if text is None or not text.startswith("tcp://"):
         return text
     host, sep, port = text.removeprefix("tcp://").rpartition(":")
@@ -151,11 +167,13 @@ def with_agents(config: SimulationConfig, aqm: str | ExternalAgent | None, abr: 
     def shadows_for(control_name: str) -> tuple[str, ...]:
         return tuple(s for s in shadows if s in policy_names(control_name))
 
-    def endpoint(cls: type, current, choice, option: str, port: int | None):
+    def endpoint(cls: type, current, choice, option: str, port: int | None, ipc: str | None):
         if isinstance(choice, ExternalAgent):
-            return _control(cls, current, option, host=choice.host, port=choice.port, external=True, **timeouts)
+            return _control(cls, current, option, host=choice.host, port=choice.port, ipc=choice.ipc,
+                            external=True, **timeouts)
         if isinstance(choice, str):
-            return _control(cls, current, option, host=LOOPBACK, port=port, external=False, **timeouts)
+            where = {"ipc": ipc} if ipc else {"port": port, "ipc": None}
+            return _control(cls, current, option, host=LOOPBACK, external=False, **where, **timeouts)
         if current is not None and current.external:
             return _control(cls, current, option, **timeouts)
         return None
@@ -173,26 +191,32 @@ def with_agents(config: SimulationConfig, aqm: str | ExternalAgent | None, abr: 
 
     def served_endpoint(cls: type, current, option: str, **extra):
         if via is not None:
-            return _control(cls, current, option, host=via.host, port=via.port, external=True, **timeouts, **extra)
-        return _control(cls, current, option, host=LOOPBACK, port=server_port, external=False, **timeouts, **extra)
+            return _control(cls, current, option, host=via.host, port=via.port, ipc=via.ipc, external=True, **timeouts,
+                            **extra)
+        return _control(cls, current, option, host=LOOPBACK, port=server_port, ipc=None, external=False, **timeouts,
+                        **extra)
 
+    # Agents the runner starts sit beside the simulation: a Unix socket where the system has one, else TCP.
     if "aqm" in served:
         control.aqm = served_endpoint(AqmControlConfig, control.aqm, "--aqm")
     else:
-        aqm_port = free_port() if isinstance(aqm, str) else None
-        control.aqm = endpoint(AqmControlConfig, control.aqm, aqm, "--aqm", aqm_port)
+        aqm_ipc = local_ipc_name() if isinstance(aqm, str) else None
+        aqm_port = free_port() if isinstance(aqm, str) and aqm_ipc is None else None
+        control.aqm = endpoint(AqmControlConfig, control.aqm, aqm, "--aqm", aqm_port, aqm_ipc)
         if isinstance(aqm, str):
-            agents.append(AgentSpec("aqm", aqm, "aqm", aqm_port, shadows_for("aqm"), LOOPBACK,
-                                    tuple((aqm_args or {}).items()), connect_timeout_s))
+            agents.append(AgentSpec("aqm", aqm, "aqm", aqm_port or 0, shadows_for("aqm"), LOOPBACK,
+                                    tuple((aqm_args or {}).items()), connect_timeout_s, aqm_ipc))
     if "abr" in served:  # every client at the server's one endpoint, told apart by its connection's identity
         control.abr = served_endpoint(AbrControlConfig, control.abr, "--abr", one_endpoint=True)
     else:
-        # Client i talks to port + i: the runner reserves a contiguous block starting at a free port.
-        base = _free_block(len(clients)) if isinstance(abr, str) else None
-        control.abr = endpoint(AbrControlConfig, control.abr, abr, "--abr", base)
+        # Client i talks to port + i (or ipc <name>-i): over TCP the runner reserves a block from a free port.
+        abr_ipc = local_ipc_name() if isinstance(abr, str) else None
+        base = _free_block(len(clients)) if isinstance(abr, str) and abr_ipc is None else None
+        control.abr = endpoint(AbrControlConfig, control.abr, abr, "--abr", base, abr_ipc)
         if isinstance(abr, str):
-            agents += [AgentSpec("abr", abr, f"abr-{c.name}", base + i, shadows_for("abr"), LOOPBACK,
-                                 tuple((abr_args or {}).items()), connect_timeout_s) for i, c in enumerate(clients)]
+            agents += [AgentSpec("abr", abr, f"abr-{c.name}", 0 if base is None else base + i, shadows_for("abr"),
+                                 LOOPBACK, tuple((abr_args or {}).items()), connect_timeout_s,
+                                 f"{abr_ipc}-{i}" if abr_ipc else None) for i, c in enumerate(clients)]
     if server_port is not None:
         streams = int("aqm" in served) + (len(clients) if "abr" in served else 0)
         args = {"aqm": tuple((aqm_args or {}).items()), "abr": tuple((abr_args or {}).items())}
@@ -200,6 +224,25 @@ def with_agents(config: SimulationConfig, aqm: str | ExternalAgent | None, abr: 
                                  tuple(sorted({s for c in served for s in shadows_for(c)})),
                                  {c: args[c] for c in served}, LOOPBACK, connect_timeout_s))
     return config.model_copy(update={"control": control}), agents
+
+
+def with_decision_delays(config: SimulationConfig, delays: dict[str, str | float]) -> SimulationConfig:
+    """``config`` with ``control.<point>.decision_delay`` set for each point of ``delays`` (``aqm``, ``abr``).
+
+    Each point must be on the wire already (:func:`with_agents`): a delay is the time its agent takes.
+    """
+    data = config.model_dump()
+    for point, delay in delays.items():
+        given = f"--decision-delay {point}={delay:g}" if isinstance(delay, float) else f"--decision-delay {point}={delay}"
+        if point not in ("aqm", "abr"):
+            raise ValueError(f"{given}: the control points are aqm and abr")
+        if data["control"][point] is None:
+            raise ValueError(f"{given}: this run has no {point} agent (choose one with --{point})")
+        data["control"][point]["decision_delay"] = delay
+    try:
+        return SimulationConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"--decision-delay: {'; '.join(e['msg'] for e in exc.errors())}") from None
 
 
 def _free_block(n: int) -> int:
@@ -262,9 +305,10 @@ def _start_agent(spec: AgentSpec | ServerSpec, run_dir: Path, timeout_s: float,
         return _start_server(spec, run_dir, pass_fds)
     out = run_dir / "agents" / spec.control_point
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "agents", "serve", "--control", spec.control, "--policy", spec.policy,
-           "--port", str(spec.port), "--host", spec.host, "--out", str(out), "--timeout", str(timeout_s),
-           "--connect-timeout", str(spec.connect_timeout_s), "--control-point", spec.control_point]
+    where = ["--ipc", spec.ipc] if spec.ipc else ["--port", str(spec.port), "--host", spec.host]
+    cmd = [sys.executable, "-m", "agents", "serve", "--control", spec.control, "--policy", spec.policy, *where,
+           "--out", str(out), "--timeout", str(timeout_s), "--connect-timeout", str(spec.connect_timeout_s),
+           "--control-point", spec.control_point]
     for shadow in spec.shadows:
         cmd += ["--shadow", shadow]
     for key, value in spec.policy_args:

@@ -47,8 +47,8 @@ def build_components(config: SimulationConfig) -> list:
         for i, client in enumerate(config.all_video()):
             if config.control.abr is not None:
                 manifest = load_manifest(client.manifest) if client.manifest else default_manifest()
-                port = config.control.abr.port + (0 if config.control.abr.one_endpoint else i)
-                point = AbrControlPoint(client.name, manifest.n_levels, config.control.abr, port)
+                index = 0 if config.control.abr.one_endpoint else i
+                point = AbrControlPoint(client.name, manifest.n_levels, config.control.abr, index)
                 points.append(point)
                 decide[client.name] = point.decide
             else:

@@ -83,6 +83,7 @@ VideoClient::VideoClient()
       m_nextChunk(0),
       m_quality(1),
       m_inFlight(false),
+      m_decisionPending(false),
       m_expectedBytes(0),
       m_rxBytes(0)
 {
@@ -112,6 +113,29 @@ void
 VideoClient::SetDecisionHook(std::function<uint32_t()> hook)
 {
     m_decide = std::move(hook);
+}
+
+bool
+VideoClient::SubmitDecision(uint32_t quality)
+{
+    NS_LOG_FUNCTION(this << quality);
+    if (!m_decisionPending)
+    {
+        return false;
+    }
+    NS_ABORT_MSG_IF(quality >= m_bitratesBps.size(),
+                    "VideoClient: the submitted decision chose quality " << quality << " of "
+                                                                         << m_bitratesBps.size());
+    m_decisionPending = false;
+    m_quality = quality;
+    SendRequest();
+    return true;
+}
+
+bool
+VideoClient::IsDecisionPending() const
+{
+    return m_decisionPending;
 }
 
 uint32_t
@@ -212,6 +236,7 @@ VideoClient::StopApplication()
     NS_LOG_FUNCTION(this);
     m_requestEvent.Cancel();
     m_emptyEvent.Cancel();
+    m_decisionPending = false;
     if (m_socket)
     {
         m_socket->Close();
@@ -237,11 +262,23 @@ VideoClient::RequestNext()
     if (m_nextChunk > 0 && m_decide)
     {
         uint32_t quality = m_decide();
+        if (quality == DECISION_PENDING)
+        {
+            NS_LOG_INFO("chunk " << m_nextChunk << " waits for its decision");
+            m_decisionPending = true;
+            return;
+        }
         NS_ABORT_MSG_IF(quality >= m_bitratesBps.size(),
                         "VideoClient: the decision hook chose quality " << quality << " of "
                                                                         << m_bitratesBps.size());
         m_quality = quality;
     }
+    SendRequest();
+}
+
+void
+VideoClient::SendRequest()
+{
     Time now = Simulator::Now();
     m_expectedBytes = m_chunkBytes[static_cast<size_t>(m_quality) * m_nChunks + m_nextChunk];
     m_rxBytes = 0;

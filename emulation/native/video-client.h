@@ -35,6 +35,9 @@ namespace ns3
  * Pensieve simulator does); each later quality comes from the decision hook,
  * or stays at StartQuality when none is set. The hook runs just before the
  * request, after any full-buffer wait, and reads the client through the getters.
+ * A hook may answer DECISION_PENDING instead of a quality: the request then
+ * waits (the buffer keeps draining) until SubmitDecision brings the quality,
+ * which is how a decision takes effect some simulated time after its state.
  */
 class VideoClient : public Application
 {
@@ -55,8 +58,20 @@ class VideoClient : public Application
                      uint32_t nChunks,
                      double chunkDurationS);
 
+    /** A decision hook's answer meaning "later": the request waits for SubmitDecision. */
+    static constexpr uint32_t DECISION_PENDING = 0xFFFFFFFF;
+
     /** Set the ABR: called before each request after the first, returns the quality index. */
     void SetDecisionHook(std::function<uint32_t()> hook);
+
+    /**
+     * Send the request that waits for a decision (the hook answered DECISION_PENDING).
+     * @param quality quality index of the next chunk
+     * @return false, doing nothing, when no request waits (the application stopped)
+     */
+    bool SubmitDecision(uint32_t quality);
+    /** Whether a request waits for SubmitDecision. */
+    bool IsDecisionPending() const;
 
     /** Index of the chunk requested next (the one being decided inside the hook). */
     uint32_t GetNextChunk() const;
@@ -126,8 +141,10 @@ class VideoClient : public Application
     void ConnectionSucceeded(Ptr<Socket> socket);
     void ConnectionFailed(Ptr<Socket> socket);
     void HandleRead(Ptr<Socket> socket);
-    /** Decide the quality of the next chunk and send its request. */
+    /** Decide the quality of the next chunk and send its request (or wait for the decision). */
     void RequestNext();
+    /** Send the next chunk's request at m_quality. */
+    void SendRequest();
     /** The current chunk's last byte arrived: account playback, record, schedule the next request. */
     void CompleteChunk();
     /** The buffer ran dry. */
@@ -165,6 +182,7 @@ class VideoClient : public Application
     uint32_t m_nextChunk;
     uint32_t m_quality;
     bool m_inFlight;
+    bool m_decisionPending; //!< the hook answered DECISION_PENDING; SubmitDecision sends the request
     uint64_t m_expectedBytes;
     uint64_t m_rxBytes;
     Time m_requestTime;

@@ -6,6 +6,9 @@ when the client asks its ABR for the next quality. That decision is a plain
 ``Callable[[AbrObservation], int]``, so a classic policy, an agent over the
 wire or a test stub plug in the same way. The observation is built by
 :meth:`VideoManifest.abr_observation`, as the chunk-level simulator builds it.
+A decision may also answer a :class:`Deferred` (an agent with a decision
+delay): the request then leaves only when the quality takes effect, that much
+simulated time later, while the buffer keeps draining.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pandas as pd
 from agents.protocol.control_points import AbrObservation
 from agents.protocol.qoe import QoeSummary, qoe_lin_terms
 from emulation.config import CC_TYPE_IDS, VideoClientConfig
+from emulation.decision_delay import Deferred
 from emulation.probes import vector_to_numpy
 from emulation.video.manifest import VideoManifest, default_manifest, load_manifest
 
@@ -47,7 +51,7 @@ VIDEO_COLUMNS = [
     "qoe_lin",
 ]
 
-Decide = Callable[[AbrObservation], int]
+Decide = Callable[[AbrObservation], int | Deferred]
 
 
 def manifest_for_config(client: VideoClientConfig) -> VideoManifest:
@@ -87,6 +91,9 @@ class _Session:
     server: object = None
     client: object = None
     hook: Callable[[], int] | None = None
+    #: sends the request of a deferred decision when it takes effect (scheduled in simulated time)
+    submit: Callable[[], None] | None = None
+    deferred: Deferred | None = None
     throughputs_bps: list[float] = field(default_factory=list)
     download_times_s: list[float] = field(default_factory=list)
 
@@ -120,11 +127,13 @@ class VideoComponent:
         # registry, since emulation must not import agents beyond the wire protocol.
         self._policy_factory = policy_factory
         self._sessions: dict[str, _Session] = {}
+        self._sim = None
         self.clients: dict[str, object] = {}
         self.servers: dict[str, object] = {}
         self.last_observation: dict[str, AbrObservation] = {}
 
     def attach(self, sim) -> None:
+        self._sim = sim
         net = sim.net
         pair_of = {c.name: j for j, c in enumerate(sim.config.all_video())}
         for config in self.configs:
@@ -179,6 +188,7 @@ class VideoComponent:
         # Kept on the session: the C++ side holds only a reference to this callable. Once the run is
         # stopping (a failed decision included) the guard answers quality 0, always valid, and the run ends.
         session.hook = sim.guard(lambda: self._decide_next(session), fallback=0)
+        session.submit = lambda: self._submit(session)
         client.SetDecisionHook(session.hook)
         net.receivers[pair].AddApplication(client)
         client.SetStartTime(ns.Seconds(config.start_s))
@@ -206,8 +216,19 @@ class VideoComponent:
         name = session.config.name
         obs = self.observe(name)
         self.last_observation[name] = obs
-        return check_quality(f"video client '{name}'", session.decide(obs), session.manifest.n_levels,
-                             obs.chunk_index)
+        choice = session.decide(obs)
+        if isinstance(choice, Deferred):
+            session.deferred = choice
+            self._sim.schedule(choice.delay_s, session.submit)
+            return int(session.client.DECISION_PENDING)
+        return check_quality(f"video client '{name}'", choice, session.manifest.n_levels, obs.chunk_index)
+
+    def _submit(self, session: _Session) -> None:
+        """A deferred decision takes effect: the waiting request leaves with its quality."""
+        quality = check_quality(f"video client '{session.config.name}'", session.deferred.collect(),
+                                session.manifest.n_levels, session.client.GetNextChunk())
+        session.deferred = None
+        session.client.SubmitDecision(quality)
 
     def finish(self, sim) -> None:
         add_video_results(sim, {name: (_client_table(name, s.client), s.manifest) for name, s in self._sessions.items()})

@@ -14,6 +14,7 @@ from agents.abr import BBA, RobustMPC
 from agents.protocol.control_points import AbrObservation
 from agents.registry import make_policy
 from emulation.config import BottleneckConfig, SimulationConfig, VideoClientConfig
+from emulation.decision_delay import Deferred
 from emulation.simulation import run_simulation
 from emulation.video import BandwidthTrace, constant_trace, synthetic_manifest
 from emulation.video.link import TraceDrivenLink
@@ -244,6 +245,25 @@ def test_invalid_quality_names_the_client_and_keeps_the_chunks_before(ns, tmp_pa
     # The decision hook's error stops the run at the C++ boundary: its own message, not one wrapped by cppyy.
     assert str(err.value).startswith("video client 'bad-abr': the decision for chunk 1 returned 7")
     assert pd.read_parquet(tmp_path / "video.parquet")["chunk"].tolist() == [0]
+
+
+def test_deferred_decision_holds_the_request_until_it_takes_effect(ns, tmp_path):
+    client = VideoClientConfig(name="late", n_chunks=4)
+    answers = iter([Deferred(0.4, lambda: 2), 1, Deferred(0.1, lambda: 9)])
+    with pytest.raises(ValueError) as err:
+        run(ns, tmp_path, constant_trace(5.0, 20.0), [client], 12.0, decide={"late": lambda obs: next(answers)})
+    # A deferred quality is checked when it takes effect, and fails the run there like any other.
+    assert str(err.value).startswith("video client 'late': the decision for chunk 3 returned 9")
+    video = pd.read_parquet(tmp_path / "video.parquet")
+    assert video["quality"].tolist() == [1, 2, 1]
+    idle_s = video["request_s"].to_numpy()[1:] - video["last_byte_s"].to_numpy()[:-1]
+    np.testing.assert_allclose(idle_s, [0.4, 0.0], atol=1e-9)
+
+
+def test_a_decision_without_a_waiting_request_is_refused(fresh_sim):
+    client = fresh_sim.CreateObject[fresh_sim.VideoClient]()
+    assert not client.IsDecisionPending()
+    assert not client.SubmitDecision(0)
 
 
 def test_config_manifest_is_video1_cut_to_n_chunks():

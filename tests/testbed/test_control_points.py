@@ -62,8 +62,9 @@ def _sim_process(tmp_path, port: int, host: str, timeout_s: float) -> subprocess
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _raw_agent(port: int, steps: int, action) -> None:
-    """A protocol peer that answers ``steps`` states, then sends ``action`` or goes silent."""
+def _raw_agent(port: int, steps: int, action, released: threading.Event) -> None:
+    """A protocol peer that answers ``steps`` states, then sends ``action`` or goes silent (its socket open
+    until ``released``)."""
     sock = zmq.Context.instance().socket(zmq.REP)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 60000)
@@ -77,6 +78,8 @@ def _raw_agent(port: int, steps: int, action) -> None:
         sock.recv()
         if action is not None:
             sock.send(codec.build_env_act(init.act_space, np.asarray(action)))
+        else:
+            released.wait(timeout=60)
     finally:
         sock.close()
 
@@ -90,10 +93,12 @@ def _raw_agent(port: int, steps: int, action) -> None:
 )
 def test_dead_or_wrong_agent_fails_the_run_clearly_and_keeps_partial_results(tmp_path, host, action, needle):
     port = free_port()
-    agent = threading.Thread(target=_raw_agent, args=(port, 20, action), daemon=True)
+    released = threading.Event()
+    agent = threading.Thread(target=_raw_agent, args=(port, 20, action, released), daemon=True)
     agent.start()
     sim = _sim_process(tmp_path, port, host, timeout_s=2.0)
     out, _ = sim.communicate(timeout=120)
+    released.set()
     agent.join(timeout=10)
     assert sim.returncode == 1
     assert needle in out

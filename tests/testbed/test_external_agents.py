@@ -65,7 +65,8 @@ def test_external_aqm_and_abr_agents_drive_the_run(tmp_path, capsys):
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["control"]["aqm"] | {"port": 0} == {
         "host": "127.0.0.1", "port": 0, "timeout_s": 1.0, "connect_timeout_s": 120.0, "external": True,
-        "action": "box", "n_actions": 17, "every_k": 1, "reward": config["control"]["aqm"]["reward"]}
+        "ipc": None, "decision_delay": "none", "action": "box", "n_actions": 17, "every_k": 1,
+        "reward": config["control"]["aqm"]["reward"]}
     video = __import__("pandas").read_parquet(out / "video.parquet")
     assert video["quality"].tolist() == [1, 2, 2]  # start quality, then the agent's answers
     assert read_json(out / "status.json")["state"] == "ok"
@@ -110,6 +111,9 @@ def test_endpoint_parsing_and_validated_timeouts():
     assert parse_agent("tcp://gpu-box:5555", "--aqm") == ExternalAgent("gpu-box", 5555)
     assert parse_agent("tcp://[::1]:6000", "--abr") == ExternalAgent("::1", 6000)
     assert parse_agent("pi2", "--aqm") == "pi2"
+    assert parse_agent("ipc://@my-agent", "--aqm").ipc == "@my-agent"
+    with pytest.raises(ValueError, match="expected ipc://NAME"):
+        parse_agent("ipc://", "--aqm")
     for bad in ("tcp://host", "tcp://:5555", "tcp://host:0", "tcp://host:http"):
         with pytest.raises(ValueError, match="expected tcp://HOST:PORT"):
             parse_agent(bad, "--aqm")
@@ -131,6 +135,9 @@ def test_own_agents_bind_loopback_and_remote_agents_are_explicit():
     config = load_scenario("l4s-coexistence", {"duration_s": 2, "control.aqm": {"host": "10.9.8.7", "port": 6000}})
     wired, agents = with_agents(config, "pi2", None)
     assert wired.control.aqm.host == agents[0].host == "127.0.0.1" and not wired.control.aqm.external
+    # Agents the testbed starts beside the simulation listen on a Unix socket of their own (Linux).
+    assert wired.control.aqm.ipc == agents[0].ipc and agents[0].ipc.startswith("@l4s-testbed-")
+    assert with_agents(config, "pi2", None)[0].control.aqm.ipc != wired.control.aqm.ipc
     # Without an agent the queue runs its own PI2: a control section alone does not make an absent agent.
     in_queue, agents = with_agents(config, None, None)
     assert in_queue.control.aqm is None and agents == []
