@@ -1,0 +1,121 @@
+"""The AQM recipe end to end on a tiny model: teacher runs, demonstrations, closed-loop selection against
+DualPI2's frontier, a DAgger round relabelled by the mix's teacher, and the checkpoint acting over the wire."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from agents.aqm import Pi2Controller
+from agents.protocol.control_points import AqmObservation
+from llm.inference import load_decider
+from llm.pool import load_pool
+from testbed.aqm_cells import Cell, Controller, RunSettings, run_cell
+from testbed.aqm_mix import Mix
+from testbed.learn_aqm import AqmRecipe, TeacherSpec, learn, relabel, rtt_gains
+
+pytestmark = pytest.mark.slow
+
+MIX = Mix(rate_mbps=20, rtt_ms=10, l4s_flows=1, classic_flows=1)
+
+
+def _recipe(**update) -> AqmRecipe:
+    data = {
+        "name": "aqm-test",
+        "duration_s": 1.5,
+        "warmup_s": 0.5,
+        "train": {"rates_mbps": [20], "rtts_ms": [10, 20], "l4s_flows": [1], "classic_flows": [1],
+                  "video": [False], "udp": [False], "count": 1, "seed": 0},
+        "validation": [{"rate_mbps": 20, "rtt_ms": 30, "l4s_flows": 1, "classic_flows": 1}],
+        "frontier_targets_ms": [5, 15],
+        "teachers": [{"policy": "pi2", "target_ms": 5}, {"policy": "pi2", "target_ms": 5, "gains": "rtt"}],
+        "pool": {"keep_best": 1, "history_ticks": 4},
+        "dagger": {"rounds": 1, "seeds": [11], "training": {"max_steps": 2, "eval_every": 2}},
+        "training": {"window": 4, "channels": 16, "batch_size": 4, "max_steps": 4, "eval_every": 4,
+                     "return_conditioning": False, "max_timestep": 0},
+        "threads": 1,
+        "jobs": 2,
+    }
+    return AqmRecipe.model_validate({**data, **update})
+
+
+def test_recipe_learns_selects_and_ships_a_checkpoint(tmp_path):
+    torch.set_num_threads(1)
+    recipe = _recipe()
+    lines: list[str] = []
+    trail = learn(recipe, tmp_path / "out", log=lines.append)
+
+    # Teachers: every (mix, seed, teacher) ran; one demonstration per mix and seed, by mean reward.
+    assert trail["teacher_runs"] == 2 and trail["demonstrations"] == 1
+    (mix_name, teacher), = trail["mix_teacher"].items()
+    assert mix_name in trail["training_mixes"] and teacher in ("pi2-5ms", "pi2-rtt-5ms")
+
+    # Two rounds, each selected in closed loop on the validation mix (packet-level runs of the candidate).
+    assert [r["round"] for r in trail["rounds"]] == [0, 1]
+    for r in trail["rounds"]:
+        best = r["best_validation"]
+        assert np.isfinite(best["score"]) and f"{recipe.validation[0].name}_c_delay_ms" in best
+    passes = sorted((tmp_path / "out" / "selection").glob("pass-*"))
+    assert len(passes) == 2
+    assert all((p / recipe.validation[0].name / "candidate" / "101" / "summary.json").is_file() for p in passes)
+
+    # DAgger: the round-1 pool holds the teacher's demonstrations plus its labels on the policy's own states.
+    pool = load_pool(tmp_path / "out" / "pool-1")
+    roles = {(e.policy, e.role) for e in pool.episodes}
+    assert roles == {("pi2", "acting"), (teacher, "shadow")}
+    assert trail["rounds"][1]["label_files"] == 1
+
+    # The DAgger round's policy acted over the wire, every decision on the record.
+    learner = pd.read_parquet(next((tmp_path / "out" / "dagger-1" / "runs").rglob("decisions.parquet")))
+    assert set(learner["policy"]) == {"llm"} and len(learner) > 50
+
+    # The selected checkpoint stands alone (its tiny backbone inside) and decides p' on the grid.
+    checkpoint = tmp_path / "out" / "checkpoint"
+    decider = load_decider(checkpoint, device="cpu")
+    obs = dict(zip(AqmObservation.field_names(), np.full(len(AqmObservation.field_names()), 0.01), strict=True))
+    assert 0 <= decider.decide(obs, 0.0) < decider.n_actions == 17
+    stored = json.loads((tmp_path / "out" / "learn.json").read_text())
+    assert stored["wall_s"] > 0 and stored["peak_rss_mib"] > 0
+
+
+def test_relabel_writes_the_teachers_answer_from_the_learners_states(tmp_path):
+    """A fixed p' acts; PI2 (stepping from the p' in force) labels each state with its own update from there."""
+    settings = RunSettings(duration_s=1.0, warmup_s=0.2)
+    result = run_cell(Cell(MIX, Controller("fixed", p_prime=0.05), 1), tmp_path / "runs", settings)
+    assert result.status == "ok", result.error
+    teacher = TeacherSpec(policy="pi2", target_ms=5, gains="rtt")
+    out = relabel(result.decisions, teacher.relabeller(MIX), teacher.label, tmp_path / "labels.parquet")
+    acting = pd.read_parquet(result.decisions)
+    acting = acting[acting["role"] == "acting"]
+    labels = pd.read_parquet(out)
+    assert set(labels["role"]) == {"shadow"} and set(labels["policy"]) == {"pi2-rtt-5ms"}
+    assert len(labels) == len(acting) and (labels["reward"].to_numpy() == acting["reward"].to_numpy()).all()
+    alpha, beta = rtt_gains(MIX.rtt_ms)
+    prev = 0.0
+    for obs, label in zip(acting["obs"], labels["action"], strict=True):
+        o = AqmObservation.from_vector(obs)
+        assert o.p_prime == 0.05 or o.p_prime == 0.0  # the fixed policy's p' (0 before its first answer)
+        expected = min(max(o.p_prime + alpha * (o.qdelay_s - 0.005) + beta * (o.qdelay_s - prev), 0.0), 1.0)
+        assert label[0] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+        prev = o.qdelay_s
+    # A PI2 integrating its own answers would drift away from the applied p'; the relabeller does not.
+    drifting = Pi2Controller(target_s=0.005, alpha_hz=alpha, beta_hz=beta)
+    own = [drifting.act(AqmObservation.from_vector(obs)) for obs in acting["obs"]]
+    assert not np.allclose(own, [a[0] for a in labels["action"]])
+
+
+def test_recipe_refuses_leaks_between_sets():
+    with pytest.raises(ValueError, match="both validation and evaluation"):
+        _recipe(evaluation=[{"rate_mbps": 20, "rtt_ms": 30, "l4s_flows": 1, "classic_flows": 1}]).check()
+    # a validation mix is never drawn for training, even where the grid holds it
+    recipe = _recipe(validation=[{"rate_mbps": 20, "rtt_ms": 10, "l4s_flows": 1, "classic_flows": 1}])
+    assert [m.rtt_ms for m in recipe.training_mixes()] == [20]
+    with pytest.raises(ValueError, match="evaluation seeds"):
+        _recipe(evaluation=[{"rate_mbps": 25, "rtt_ms": 10, "l4s_flows": 1, "classic_flows": 1}],
+                evaluation_seeds=[1]).check()
+    with pytest.raises(ValueError, match="reward"):
+        _recipe(reward={"c_dealy": 1.0}).check()
