@@ -39,6 +39,9 @@ class Controller:
     beta_hz: float | None = None
     checkpoint: str | None = None  # llm
     p_prime: float | None = None  # fixed
+    #: an agent's answers rounded to ``aqm_action_grid(grid)`` at the wire (a discrete control point), as a
+    #: learned policy's are; None: the p' is applied as answered
+    grid: int | None = None
     name: str | None = None  # the label, where the kind and arguments do not say it (an llm checkpoint)
     shadows: tuple[str, ...] = ()
 
@@ -53,6 +56,8 @@ class Controller:
             raise ValueError("give both PI2 gains (alpha_hz and beta_hz) or neither")
         if self.alpha_hz is not None and self.kind not in ("dualpi2", "pi2"):
             raise ValueError(f"PI2 gains given to a {self.kind} controller")
+        if self.grid is not None and (self.kind == "dualpi2" or self.grid < 2):
+            raise ValueError(f"a grid of {self.grid} p' values for a {self.kind} controller")
 
     @property
     def label(self) -> str:
@@ -63,6 +68,8 @@ class Controller:
             base += f"-{self.target_ms:g}ms"
         if self.p_prime is not None:
             base += f"-{self.p_prime:g}"
+        if self.grid is not None:
+            base += f"-g{self.grid}"
         return base + (f"+shadow-{'-'.join(self.shadows)}" if self.shadows else "")
 
     def agent_args(self) -> dict:
@@ -111,6 +118,8 @@ class Cell:
             params = {"Target": f"{c.target_ms:g}ms"} if c.target_ms is not None else {}
             params |= {"Alpha": c.alpha_hz, "Beta": c.beta_hz} if c.alpha_hz is not None else {}
             data["bottleneck"]["queue"]["params"] = params
+        if c.grid is not None:
+            data.setdefault("control", {}).setdefault("aqm", {}).update(action="discrete", n_actions=c.grid)
         config = SimulationConfig.model_validate(data)
         aqm = None if c.kind == "dualpi2" else c.kind
         return with_agents(config, aqm, None, c.shadows, timeout_s=settings.agent_timeout_s,
@@ -182,5 +191,8 @@ def run_cells(cells: Sequence[Cell], out: Path, settings: RunSettings, jobs: int
 
     if jobs <= 1:
         return [one(c) for c in cells]
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="aqm-run") as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="aqm-run")
+    try:
         return list(pool.map(one, cells))
+    finally:  # on Ctrl-C, cells not started are dropped; running ones end with their run (never orphaned)
+        pool.shutdown(wait=True, cancel_futures=True)

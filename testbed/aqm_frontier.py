@@ -9,19 +9,20 @@ worse than DualPI2's at that utilisation.
 
 The frontier is the Pareto set of the swept points (lowest delay, highest utilisation; a point
 whose utilisation exceeds a lower-delay one's by no more than ``util_tol`` adds nothing),
-joined by straight lines. A point P is placed against every point F of that curve:
+joined by straight lines. A point P has two margins against it:
 
-* ``beyond``: P dominates some F (no worse in delay or utilisation, better past the tolerance in
-  one) and no F dominates P, with L p99 within tolerance of the frontier's at P's utilisation;
-* ``inside``: some F dominates P;
-* ``outside``: lower delay *and* lower utilisation than every swept point, or higher both: it
-  extends the trade-off rather than beating it;
-* ``on``: none of these (within tolerance of the curve, or beyond it with a worse L p99).
+* ``delay_margin_ms``: the frontier's classic delay at P's utilisation minus P's, where P's
+  utilisation lies in the swept range (within ``util_tol``);
+* ``util_margin``: P's utilisation minus the frontier's at P's delay, where P's delay lies in
+  the swept range (within the delay tolerance).
 
-The margins say by how much: ``delay_margin_ms`` is the frontier's delay at P's utilisation
-minus P's (where P's utilisation is in the swept range), ``util_margin`` P's utilisation minus
-the frontier's at P's delay (where P's delay is in range). ``score`` folds the placement into
-one number for checkpoint selection.
+The frontier's delay rises with utilisation, so where both are defined they agree in sign. The
+verdict: ``inside`` if a margin is negative past its tolerance, ``beyond`` if one is positive
+past it and the L queue's p99 is within tolerance of the frontier's at P's utilisation, ``on``
+otherwise (within tolerance, or better with a worse L p99), and ``outside`` where neither is
+defined: lower delay *and* lower utilisation than every swept point, or higher both, which
+extends the trade-off rather than beating it. ``score`` folds the placement into one number
+for checkpoint selection.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ class Frontier:
         return float(np.interp(delay_ms, self.delays, self.utils))
 
     def l_p99_at(self, utilisation: float) -> float:
+        """The frontier's L p99 at ``utilisation`` (clamped to the swept range)."""
         return float(np.interp(utilisation, self.utils, self.l_p99s))
 
 
@@ -128,40 +130,30 @@ class Placement:
         return asdict(self)
 
 
-def _delay_tol(delay_ms: np.ndarray | float) -> np.ndarray:
-    return np.maximum(DELAY_TOL_MS, DELAY_TOL_REL * np.asarray(delay_ms, dtype=float))
+def _delay_tol(delay_ms: float) -> float:
+    return max(DELAY_TOL_MS, DELAY_TOL_REL * float(delay_ms))
 
 
-def place(point: AqmPoint, frontier: Frontier, samples: int = 50) -> Placement:
-    """The verdict and margins of ``point`` against ``frontier`` (its segments sampled ``samples`` times)."""
+def place(point: AqmPoint, frontier: Frontier) -> Placement:
+    """The verdict and margins of ``point`` against ``frontier``."""
     tol_u = frontier.util_tol
     d, u = frontier.delays, frontier.utils
-    if len(d) > 1:
-        t = np.linspace(0.0, 1.0, samples)
-        curve_d = np.concatenate([a + (b - a) * t for a, b in zip(d[:-1], d[1:], strict=True)])
-        curve_u = np.concatenate([a + (b - a) * t for a, b in zip(u[:-1], u[1:], strict=True)])
-    else:
-        curve_d, curve_u = d, u
-    tol_d = _delay_tol(curve_d)
     dp, up = point.c_delay_ms, point.utilisation
-    not_worse_p = (dp <= curve_d + tol_d) & (up >= curve_u - tol_u)
-    not_worse_f = (curve_d <= dp + tol_d) & (curve_u >= up - tol_u)
-    p_dominates = np.any(not_worse_p & ((dp < curve_d - tol_d) | (up > curve_u + tol_u)))
-    f_dominates = np.any(not_worse_f & ((curve_d < dp - tol_d) | (curve_u > up + tol_u)))
-
-    ref_util = min(max(up, u[0]), u[-1])
-    frontier_l_p99 = frontier.l_p99_at(ref_util)
-    l_p99_ok = point.l_p99_ms <= frontier_l_p99 * (1 + L_P99_TOL_REL) + L_P99_TOL_MS
-    if f_dominates:
-        verdict = "inside"
-    elif p_dominates:
-        verdict = "beyond" if l_p99_ok else "on"
-    elif (dp < d[0] and up < u[0]) or (dp > d[-1] and up > u[-1]):
-        verdict = "outside"
-    else:
-        verdict = "on"
     delay_margin = frontier.delay_at(up) - dp if u[0] - tol_u <= up <= u[-1] + tol_u else None
     util_margin = up - frontier.util_at(dp) if d[0] - _delay_tol(d[0]) <= dp <= d[-1] + _delay_tol(d[-1]) else None
+    tol_d = _delay_tol(frontier.delay_at(up))
+    frontier_l_p99 = frontier.l_p99_at(up)
+    l_p99_ok = point.l_p99_ms <= frontier_l_p99 * (1 + L_P99_TOL_REL) + L_P99_TOL_MS
+    worse = (delay_margin is not None and delay_margin < -tol_d) or (util_margin is not None and util_margin < -tol_u)
+    better = (delay_margin is not None and delay_margin > tol_d) or (util_margin is not None and util_margin > tol_u)
+    if delay_margin is None and util_margin is None:
+        verdict = "outside"
+    elif worse:
+        verdict = "inside"
+    elif better and l_p99_ok:
+        verdict = "beyond"
+    else:
+        verdict = "on"
     return Placement(verdict, delay_margin, util_margin, point.l_p99_ms, frontier_l_p99, bool(l_p99_ok),
                      score(point, frontier))
 

@@ -32,6 +32,7 @@ that ``benchmarks.bench_aqm_frontier`` shares.
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import shutil
@@ -51,7 +52,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents.aqm import Pi2Controller, PieController
-from agents.protocol.control_points import AqmObservation
+from agents.protocol.control_points import AqmObservation, aqm_action_grid
+from agents.serve import aqm_grid_index
 from emulation.config import AqmRewardWeights
 from testbed.aqm_cells import Cell, CellResult, Controller, RunSettings, run_cells
 from testbed.aqm_frontier import AqmPoint, Frontier, mean_point, place
@@ -96,21 +98,22 @@ class TeacherSpec(_Strict):
         name = self.policy + ("-rtt" if self.gains == "rtt" else "")
         return name + (f"-{self.target_ms:g}ms" if self.target_ms is not None else "")
 
-    def controller(self, mix: Mix) -> Controller:
+    def controller(self, mix: Mix, grid: int) -> Controller:
+        """The teacher on ``mix``, its answers rounded to the learner's p' grid of ``grid`` values."""
         if self.policy == "pie":
-            return Controller("pie")
+            return Controller("pie", grid=grid)
         if self.gains == "rtt":
             alpha, beta = rtt_gains(mix.rtt_ms)
-            return Controller("pi2", target_ms=self.target_ms, alpha_hz=alpha, beta_hz=beta, name="pi2-rtt")
-        return Controller("pi2", target_ms=self.target_ms)
+            return Controller("pi2", target_ms=self.target_ms, alpha_hz=alpha, beta_hz=beta, name="pi2-rtt", grid=grid)
+        return Controller("pi2", target_ms=self.target_ms, grid=grid)
 
-    def relabeller(self, mix: Mix) -> Pi2Controller | PieController:
-        """The teacher as an expert on someone else's states: it steps from the p' in force."""
+    def expert(self, mix: Mix) -> Pi2Controller | PieController:
+        """The teacher's controller on ``mix``, for relabelling (see :func:`relabel`)."""
         target = {"target_s": self.target_ms / 1e3} if self.target_ms is not None else {}
         if self.policy == "pie":
-            return PieController(**target, follow_applied=True)
+            return PieController(**target)
         gains = dict(zip(("alpha_hz", "beta_hz"), rtt_gains(mix.rtt_ms), strict=True)) if self.gains == "rtt" else {}
-        return Pi2Controller(**target, **gains, follow_applied=True)
+        return Pi2Controller(**target, **gains)
 
 
 class PoolSpec(_Strict):
@@ -209,13 +212,17 @@ def frontier_cells(mixes: list[Mix], seeds: list[int], targets_ms: list[float]) 
     return [Cell(m, Controller("dualpi2", target_ms=t), s) for m in mixes for t in targets_ms for s in seeds]
 
 
-def frontiers(results: list[CellResult]) -> dict[str, Frontier]:
-    """Per mix, the frontier of the mean point (over seeds) of each target."""
+def target_points(results: list[CellResult]) -> dict[str, list[AqmPoint]]:
+    """Per mix, the mean point (over seeds) of each controller of ``results`` (the swept targets)."""
     by_mix: dict[str, dict[str, list[AqmPoint]]] = {}
     for r in results:
         by_mix.setdefault(r.cell.mix.name, {}).setdefault(r.cell.controller.label, []).append(r.point)
-    return {mix: Frontier.from_points(mean_point(points, label) for label, points in by_target.items())
-            for mix, by_target in by_mix.items()}
+    return {mix: [mean_point(points, label) for label, points in by_label.items()] for mix, by_label in by_mix.items()}
+
+
+def frontiers(results: list[CellResult]) -> dict[str, Frontier]:
+    """Per mix, DualPI2's frontier: the Pareto set of its targets' mean points."""
+    return {mix: Frontier.from_points(points) for mix, points in target_points(results).items()}
 
 
 def _require_ok(results: list[CellResult], what: str) -> None:
@@ -240,19 +247,56 @@ def choose_demonstrations(results: list[CellResult], keep_best: int | None) -> d
             for key, runs in groups.items()}
 
 
-def relabel(decisions: Path, teacher: Pi2Controller | PieController, label: str, out: Path) -> Path:
-    """The acting rows of ``decisions`` as ``shadow`` rows whose actions are ``teacher``'s from each state."""
+def _acting_rows(decisions: Path) -> tuple[list[dict], pa.Schema]:
     table = pq.read_table(decisions)
-    meta = table.schema.metadata
-    rows = table.filter(pc.equal(table.column("role"), "acting")).to_pylist()
+    return table.filter(pc.equal(table.column("role"), "acting")).to_pylist(), table.schema
+
+
+def _write_rows(rows: list[dict], schema: pa.Schema, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), out)
+    return out
+
+
+def grid_actions_as_p_prime(decisions: Path, n_actions: int, out: Path) -> Path:
+    """A discrete control point's decisions (actions are grid indices) with each action as the p' applied."""
+    grid = aqm_action_grid(n_actions)
+    rows, schema = _acting_rows(decisions)
+    for row in rows:
+        row["action"] = [float(grid[int(a)]) for a in row["action"]]
+    return _write_rows(rows, schema, out)
+
+
+def _integrator(expert: Pi2Controller | PieController) -> float:
+    return expert.p_prime if isinstance(expert, Pi2Controller) else math.sqrt(expert.drop_prob)
+
+
+def _set_integrator(expert: Pi2Controller | PieController, p_prime: float) -> None:
+    if isinstance(expert, Pi2Controller):
+        expert.p_prime = p_prime
+    else:
+        expert.drop_prob = p_prime**2
+
+
+def relabel(decisions: Path, expert: Pi2Controller | PieController, label: str, n_actions: int, out: Path) -> Path:
+    """The acting rows of ``decisions`` as ``shadow`` rows whose actions are ``expert``'s from each state.
+
+    The expert acts on the same p' grid as the learner, keeping its own continuous integrator
+    between ticks (the memory that makes a quantised PI2 step once its error has added up to a
+    grid step) but moving it to the p' in force whenever the learner applied another grid value
+    than the integrator rounds to: its answer is then PI2's update from the learner's state.
+    """
+    grid = aqm_action_grid(n_actions)
+    rows, schema = _acting_rows(decisions)
     for row in rows:
         if row["step"] == 0:
-            teacher.reset()
-        row["action"] = [float(teacher.act(AqmObservation.from_vector(row["obs"])))]
+            expert.reset()
+        obs = AqmObservation.from_vector(row["obs"])
+        if aqm_grid_index(_integrator(expert), n_actions) != aqm_grid_index(obs.p_prime, n_actions):
+            _set_integrator(expert, obs.p_prime)
+        row["action"] = [float(grid[aqm_grid_index(expert.act(obs), n_actions)])]
         row["policy"], row["role"] = label, "shadow"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema.with_metadata(meta)), out)
-    return out
+    return _write_rows(rows, schema, out)
 
 
 @contextmanager
@@ -349,20 +393,25 @@ def learn(recipe: AqmRecipe, out_dir: str | Path, store: str | Path | None = Non
     mixes = recipe.training_mixes()
     log(f"[{recipe.name}] {len(mixes)} training mixes x seeds {recipe.train_seeds}; "
         f"teachers {[t.label for t in recipe.teachers]}")
-    cells = [Cell(m, t.controller(m), s) for m in mixes for s in recipe.train_seeds for t in recipe.teachers]
-    results = run_cells(cells, store, settings, recipe.jobs, log=log)
+    n_actions = recipe.pool.n_actions
+    teacher_cells = {(m.name, s, t.label): Cell(m, t.controller(m, n_actions), s)
+                     for m in mixes for s in recipe.train_seeds for t in recipe.teachers}
+    results = run_cells(list(teacher_cells.values()), store, settings, recipe.jobs, log=log)
     _require_ok(results, "teacher")
+    teacher_of_cell = {cell: next(t for t in recipe.teachers if t.label == key[2]) for key, cell in teacher_cells.items()}
     chosen = choose_demonstrations(results, recipe.pool.keep_best)
-    teacher_of = {t.label: t for t in recipe.teachers}
     # the teacher that relabels a mix's DAgger states: its most often best demonstrator
-    mix_teacher = {m.name: Counter(runs[0].cell.controller.label for (name, _), runs in chosen.items()
+    mix_teacher = {m.name: Counter(teacher_of_cell[runs[0].cell].label for (name, _), runs in chosen.items()
                                    if name == m.name).most_common(1)[0][0] for m in mixes}
-    demos = [r.decisions for runs in chosen.values() for r in runs]
+    teacher_of = {t.label: t for t in recipe.teachers}
+    demos = [grid_actions_as_p_prime(r.decisions, n_actions, out / "demonstrations" /
+                                     f"{r.cell.mix.name}-{teacher_of_cell[r.cell].label}-{r.cell.seed}.parquet")
+             for runs in chosen.values() for r in runs]
     trail: dict = {"recipe": recipe.name, "training_mixes": [m.name for m in mixes],
                    "teacher_runs": len(results), "demonstrations": len(demos),
                    "mix_teacher": mix_teacher, "experience_s": time.perf_counter() - t0, "rounds": []}
     log(f"[{recipe.name}] experience: {trail['experience_s']:.0f} s; demonstrations by teacher "
-        f"{dict(Counter(r.cell.controller.label for runs in chosen.values() for r in runs))}")
+        f"{dict(Counter(teacher_of_cell[r.cell].label for runs in chosen.values() for r in runs))}")
 
     selector = FrontierSelector(recipe, store, out / "selection", log)
     label_files: list[Path] = []
@@ -379,8 +428,7 @@ def learn(recipe: AqmRecipe, out_dir: str | Path, store: str | Path | None = Non
             _require_ok(runs, "DAgger")
             for r in runs:
                 label = mix_teacher[r.cell.mix.name]
-                teacher = teacher_of[label].relabeller(r.cell.mix)
-                label_files.append(relabel(r.decisions, teacher, label,
+                label_files.append(relabel(r.decisions, teacher_of[label].expert(r.cell.mix), label, n_actions,
                                            dagger_dir / "labels" / f"{r.cell.mix.name}.parquet"))
         pool_dir = out / f"pool-{round_}"
         build_pool([*demos, *((f, ("shadow",)) for f in label_files)], pool_dir, "aqm",

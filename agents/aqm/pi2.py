@@ -5,12 +5,6 @@ must match a run with the queue's built-in PI2 bit for bit, so the arithmetic
 below is float64 in the queue's exact order (RFC 9332 section 2.5.2 /
 Linux ``sch_dualpi2``): ``alpha`` and ``beta`` already include the update
 interval, so there is no ``* tupdate`` here.
-
-``follow_applied`` steps from the p' in force (the observation's ``p_prime``)
-instead of from the controller's own last answer. Acting, the two are the same
-number (the queue applies exactly what was answered); relabelling another
-policy's states (DAgger), it makes each answer PI2's update from the state that
-policy produced, which is the expert's action there.
 """
 
 from __future__ import annotations
@@ -30,7 +24,6 @@ class Pi2Controller:
         beta_hz: float = 3.2,
         coupling_k: float = 2.0,
         drop_on_overload: bool = True,
-        follow_applied: bool = False,
     ):
         if target_s < 0:
             raise ValueError(f"target_s must be >= 0, got {target_s}")
@@ -44,7 +37,6 @@ class Pi2Controller:
         self.beta_hz = float(beta_hz)
         self.coupling_k = float(coupling_k)
         self.drop_on_overload = bool(drop_on_overload)
-        self.follow_applied = bool(follow_applied)
         self.p_prime = 0.0
         self.qdelay_prev_s = 0.0
 
@@ -54,8 +46,6 @@ class Pi2Controller:
 
     def act(self, obs: AqmObservation) -> float:
         qdelay_s = obs.qdelay_s
-        if self.follow_applied:
-            self.p_prime = obs.p_prime
         delta = self.alpha_hz * (qdelay_s - self.target_s) + self.beta_hz * (qdelay_s - self.qdelay_prev_s)
         p = self.p_prime + delta
         p = min(max(p, 0.0), 1.0)

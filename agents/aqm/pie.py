@@ -12,10 +12,6 @@ the gains and its cap on large increases) lives here. Per-packet parts (the
 burst allowance, skipping drops while the queue is short) belong to the queue.
 The gains assume one update per T_UPDATE = 15 ms, the RFC's default: the
 control point should tick at that interval.
-
-``follow_applied`` steps from the p' in force (``p = p'^2`` of the observation)
-instead of from its own last p, as :class:`agents.aqm.pi2.Pi2Controller` does
-when relabelling another policy's states.
 """
 
 from __future__ import annotations
@@ -39,8 +35,7 @@ class PieController:
 
     control = "aqm"
 
-    def __init__(self, target_s: float = 0.015, alpha_hz: float = 0.125, beta_hz: float = 1.25,
-                 follow_applied: bool = False):
+    def __init__(self, target_s: float = 0.015, alpha_hz: float = 0.125, beta_hz: float = 1.25):
         if target_s <= 0:
             raise ValueError(f"target_s must be > 0, got {target_s}")
         if alpha_hz < 0 or beta_hz < 0:
@@ -49,7 +44,6 @@ class PieController:
         self.target_s = float(target_s)
         self.alpha_hz = float(alpha_hz)
         self.beta_hz = float(beta_hz)
-        self.follow_applied = bool(follow_applied)
         self.drop_prob = 0.0
         self.qdelay_old_s = 0.0
 
@@ -59,8 +53,6 @@ class PieController:
 
     def act(self, obs: AqmObservation) -> float:
         qdelay_s = obs.qdelay_s
-        if self.follow_applied:
-            self.drop_prob = obs.p_prime**2
         p = self.alpha_hz * (qdelay_s - self.target_s) + self.beta_hz * (qdelay_s - self.qdelay_old_s)
         for below, divisor in AUTO_TUNE_DIVISORS:
             if self.drop_prob < below:
