@@ -238,6 +238,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
+    from testbed.learn_aqm import AqmRecipe, recipe_task
+
+    if recipe_task(args.recipe) == "aqm":
+        from testbed.learn_aqm import learn as learn_aqm
+
+        aqm_recipe = AqmRecipe.load(args.recipe)
+        out = Path(args.out) if args.out else Path("runs") / "learn" / aqm_recipe.name
+        learn_aqm(aqm_recipe, out, store=args.store)
+        print(f"checkpoint: {out / 'checkpoint'} (use it with --aqm llm --llm-checkpoint {out / 'checkpoint'})")
+        return 0
     from testbed.learn import Recipe, learn
 
     recipe = Recipe.load(args.recipe)
@@ -298,10 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     _grid_options(swp)
     swp.set_defaults(func=cmd_sweep)
 
-    lrn = sub.add_parser("learn", help="learn an ABR policy from a recipe: teachers, pools, adaptation, DAgger, "
-                         "closed-loop selection on validation traces")
-    lrn.add_argument("recipe", help="recipe YAML (e.g. llm/checkpoints/abr-tiny/recipe.yaml)")
+    lrn = sub.add_parser("learn", help="learn an ABR or AQM policy from a recipe: teachers, pools, adaptation, DAgger, "
+                         "closed-loop selection on validation traces or mixes")
+    lrn.add_argument("recipe", help="recipe YAML (e.g. llm/checkpoints/abr-tiny/recipe.yaml); "
+                     "task: aqm selects the AQM recipe (testbed/learn_aqm.py)")
     lrn.add_argument("--out", help="output directory (default: runs/learn/<recipe name>)")
+    lrn.add_argument("--store", help="AQM: results store of teacher and frontier runs, resumed and shared with "
+                     "benchmarks.bench_aqm_frontier (default: <out>/runs)")
     lrn.set_defaults(func=cmd_learn)
 
     rep = sub.add_parser("report", help="rebuild a report from stored runs")
