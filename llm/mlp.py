@@ -121,6 +121,8 @@ def train_mlp(
     s = settings or MlpSettings()
     torch.manual_seed(s.seed)
     pool: Pool = load_pool(pool_dir)
+    if s.objective == "action_values":
+        pool.check_has_values()
     flat = pool.flat(pool.features, pool.rewards, max_timestep=0)
     states = torch.from_numpy(flat["states"])
     actions = torch.from_numpy(flat["actions"])

@@ -352,8 +352,9 @@ def action_loss(
         loss = F.cross_entropy(outputs[valid], actions[valid])
     else:
         rows = valid & ~torch.isnan(advantages).any(-1)
-        if not rows.any():
-            raise ValueError("action-value regression needs steps with teacher action values (action_scores)")
+        if not rows.any():  # a batch of steps without teacher values (the pool is checked to have some)
+            zero = outputs.sum() * 0.0
+            return zero, zero.detach()
         loss = F.mse_loss(outputs[rows], advantages[rows].float())
     accuracy = (outputs[valid].argmax(-1) == actions[valid]).float().mean()
     return loss, accuracy

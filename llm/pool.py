@@ -103,6 +103,12 @@ class Pool:
             if self.manifest[key] != other.manifest[key]:
                 raise ValueError(f"pools differ in {key}: {self.manifest[key]!r} vs {other.manifest[key]!r}")
 
+    def check_has_values(self) -> None:
+        """Action-value regression needs some steps with teacher action values: fail before training if none."""
+        if not any(ep.targets is not None for ep in self.episodes):
+            raise ValueError("action-value regression needs steps with teacher action values (action_scores in "
+                             "the decisions' info): collect with a teacher that scores its actions (oracle, rollout)")
+
     def flat(self, features: FeatureSpec, rewards: RewardScale, max_timestep: int) -> dict[str, np.ndarray]:
         """All steps concatenated, scaled for the model with the given (training pool's) statistics.
 
@@ -358,6 +364,7 @@ def build_pool(
         "max_episode_steps": max(len(ep) for ep in episodes),
         "roles": sorted({r for _, file_roles in sources for r in _check_roles(file_roles)}),
         "sources": [str(Path(p).resolve()) for p in paths],
+        "source_roles": [list(file_roles) for _, file_roles in sources],
         "counts": {
             "files": len(paths),
             "episodes": len(episodes),

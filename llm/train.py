@@ -349,6 +349,8 @@ def adapt(
     max_timestep = min(max(len(e) for e in train_eps) - 1, s.max_timestep)
     if init is not None:
         max_timestep = init_config.max_timestep
+    if s.objective == "action_values":
+        pool.check_has_values()
     train = _to_torch(Pool(pool.manifest, train_eps).flat(features, rewards, max_timestep), s.device)
     val = _to_torch(Pool(pool.manifest, val_eps).flat(features, rewards, max_timestep), s.device) if val_eps else None
     if not s.return_conditioning:

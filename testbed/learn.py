@@ -308,7 +308,7 @@ def learn(recipe: Recipe, out_dir: str | Path, log: Callable[[str], None] = prin
         else:
             sources = [(f, ("acting", "shadow") if recipe.pool else ("acting",)) for f in files]
             if recipe.pool is not None:  # the given pool's own decision files, then the relabels
-                sources = [(f, ("acting",)) for f in _pool_sources(Path(recipe.pool))]
+                sources = _pool_sources(Path(recipe.pool))
             build_pool([*sources, *((f, ("shadow",)) for f in dagger_files)], pool_dir, "abr")
         round_dir = out / f"round-{round_}"
         init = Path(recipe.init) if (round_ == 0 and recipe.init) else None
@@ -340,10 +340,14 @@ def learn(recipe: Recipe, out_dir: str | Path, log: Callable[[str], None] = prin
 
 
 
-def _pool_sources(pool_dir: Path) -> list[Path]:
-    """The decisions files a pool was built from (its manifest keeps them)."""
+def _pool_sources(pool_dir: Path) -> list[tuple[Path, tuple[str, ...]]]:
+    """The decisions files a pool was built from, each with the roles read from it (its manifest keeps both:
+    a DAgger file contributes only its shadow rows, the labels, never the learner's own actions)."""
     manifest = json.loads((pool_dir / "manifest.json").read_text())
-    return [Path(p) for p in manifest["sources"]]
+    if "source_roles" not in manifest:
+        raise ValueError(f"{pool_dir}: the pool does not record which roles it read from each file; rebuild it "
+                         "to grow it with DAgger rounds")
+    return [(Path(p), tuple(r)) for p, r in zip(manifest["sources"], manifest["source_roles"], strict=True)]
 
 
 def evaluate_checkpoint(checkpoint: Path, kind: str, sets: list[str] | tuple[str, ...] = VALIDATION_SETS) -> dict:
