@@ -376,6 +376,12 @@ _LICENCES = {
 }
 
 
+def _licence(model: ModelSpec) -> str:
+    if model.kind == "mlp":
+        return "an MLP trained from scratch (no pretrained weights); MIT"
+    return _LICENCES.get(model.backbone, "see the backbone's own licence")
+
+
 def write_model_card(checkpoint: Path, recipe: Recipe, trail: dict) -> Path:
     """README.md beside the weights: what it is, the data and recipe, validation results, cost, licence."""
     config = json.loads((checkpoint / "policy_config.json").read_text())
@@ -414,8 +420,8 @@ def write_model_card(checkpoint: Path, recipe: Recipe, trail: dict) -> Path:
         f"{k.split('::')[0]} {v:.2f} ms" for k, v in ev.items() if k.endswith("decision_ms_p50")) + ".", "",
               "## Cost", "", f"Training (experience, rounds, selection) {trail['wall_s'] / 60:.0f} min wall on this "
               f"machine (2 CPU cores, shared), peak RSS {trail['peak_rss_mib']:.0f} MiB.", "",
-              "## Licence", "", _LICENCES.get(recipe.model.backbone, "see the backbone's own licence") + "; traces "
-              "and video from the Pensieve and NetLLM projects (MIT).", ""]
+              "## Licence", "", f"{_licence(recipe.model)}; traces and video from the Pensieve and NetLLM projects "
+              "(MIT).", ""]
     path = checkpoint / "README.md"
     path.write_text("\n".join(lines))
     shutil.copyfile(checkpoint.parent / "recipe.yaml", checkpoint / "recipe.yaml")

@@ -4,6 +4,7 @@ a checkpoint with its model card."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from emulation.video.traces import DEFAULT_TRACE_DIR
-from testbed.learn import Recipe, learn
+from testbed.learn import Recipe, _pool_sources, learn
 
 RATES_MBPS = np.tile([0.6, 2.5, 1.2, 0.3, 4.0], 20)
 
@@ -48,6 +49,10 @@ def test_a_recipe_runs_end_to_end_and_dagger_relabels_the_learner_states(tmp_pat
     assert all(np.argmax(s) == a[0] for s, a in zip(scores, shadow["action"], strict=True))
     pool = json.loads((out / "pool-1" / "manifest.json").read_text())
     assert pool["counts"]["steps_by_policy"]["rollout"] > 0 and pool["roles"] == ["acting", "shadow"]
+    # a pool grown from this one rereads the DAgger file's labels only, never the learner's own actions
+    assert _pool_sources(out / "pool-1") == [(Path(pool["sources"][0]), ("acting",)),
+                                             (Path(pool["sources"][1]), ("shadow",))]
+    assert "llm" not in pool["counts"]["steps_by_policy"]
     # the shipped form: checkpoint, recipe and model card
     checkpoint = out / "checkpoint"
     for name in ("policy_config.json", "policy.safetensors", "recipe.yaml", "README.md"):
