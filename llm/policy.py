@@ -316,13 +316,15 @@ class DecisionTransformerPolicy(nn.Module):
         timesteps: torch.Tensor,
         mask: torch.Tensor,
         advantages: torch.Tensor | None = None,
+        history_actions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The training loss over unpadded steps and the greedy action accuracy (see :func:`action_loss`).
 
         With exit heads, each exit's action loss joins the final one, weighted by its depth (CALM);
         with gates, ``gate_weight * |execution ratio - gate_target|`` (D-LLM's compute budget).
         """
-        final, exits, exec_ratio = self.outputs(returns, states, actions, timesteps)
+        context = actions if history_actions is None else history_actions  # what was really done before t
+        final, exits, exec_ratio = self.outputs(returns, states, context, timesteps)
         valid = mask.bool()
         loss, accuracy = action_loss(final.float(), actions, valid, advantages)
         if exits:

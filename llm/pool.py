@@ -62,9 +62,16 @@ class Episode:
     role: str
     #: (T, n_actions) value of every action at each step, where the teacher gave them (else NaN rows)
     targets: np.ndarray | None = None
+    #: the actions really taken, where they differ from ``actions`` (a shadow's relabels of another policy's
+    #: run): what a sequence model sees in its history, while ``actions``/``targets`` are what it learns
+    taken: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.actions)
+
+    @property
+    def history_actions(self) -> np.ndarray:
+        return self.actions if self.taken is None else self.taken
 
     def target_rows(self, n_actions: int) -> np.ndarray:
         return self.targets if self.targets is not None else np.full((len(self), n_actions), np.nan)
@@ -114,16 +121,18 @@ class Pool:
 
         Returns ``states`` (N, D) float32, ``actions`` (N,), ``returns`` (N,) returns-to-go over
         the pool's maximum return, ``timesteps`` (N,) clipped to ``max_timestep``, and
-        ``episode_start`` / ``episode_end`` (N,), the index range of each step's episode, and
+        ``episode_start`` / ``episode_end`` (N,), the index range of each step's episode,
+        ``history_actions`` (N,) the actions really taken (the sequence model's context), and
         ``advantages`` (N, n_actions): each action's value minus the best one's, in scaled reward
         units and clipped at the reward floor (NaN rows where the teacher gave no values).
         """
-        states, actions, returns, timesteps, starts, ends, advantages = [], [], [], [], [], [], []
+        states, actions, history, returns, timesteps, starts, ends, advantages = [], [], [], [], [], [], [], []
         offset = 0
         for ep in self.episodes:
             n = len(ep)
             states.append(features.normalise(features.raw_features(ep.obs)))
             actions.append(ep.actions.astype(np.int64))
+            history.append(ep.history_actions.astype(np.int64))
             returns.append(rewards.returns_to_go(ep.rewards).astype(np.float32))
             timesteps.append(np.minimum(np.arange(n), max_timestep))
             starts.append(np.full(n, offset))
@@ -136,6 +145,7 @@ class Pool:
         return {
             "states": np.concatenate(states),
             "actions": np.concatenate(actions),
+            "history_actions": np.concatenate(history),
             "returns": np.concatenate(returns),
             "timesteps": np.concatenate(timesteps).astype(np.int64),
             "episode_start": np.concatenate(starts).astype(np.int64),
@@ -219,6 +229,11 @@ def read_decisions(
             for name in dict.fromkeys(policy[shadow].tolist()):
                 groups.append((np.flatnonzero(shadow & (policy == name)), "shadow"))
 
+    acting_action: dict[str, dict[int, float]] = {}
+    if "shadow" in roles:
+        for i in np.flatnonzero((role == "acting") & has_action):
+            acting_action.setdefault(str(control_point[i]), {})[int(step[i])] = action[i]
+
     episodes, skipped = [], 0
     for rows, group_role in groups:
         bounds = _split_points(step[rows], done[rows])
@@ -230,12 +245,13 @@ def read_decisions(
             acts = action[ep_rows[:-1]]
             if np.any(~np.isfinite(acts)):
                 raise ValueError(f"{path}: missing or non-finite action in control point {control_point[ep_rows[0]]!r}")
-            if task == "aqm":
-                indices = p_prime_to_index(acts, grid)
-            else:
-                indices = np.rint(acts).astype(np.int64)
-                if np.any(indices < 0) or np.any(indices >= n_actions):
-                    raise ValueError(f"{path}: ABR quality index outside [0, {n_actions})")
+            indices = _action_indices(acts, task, grid, n_actions, path)
+            taken = None
+            if group_role == "shadow":  # the acting policy's actions at the same steps: what really happened
+                acting = acting_action.get(str(control_point[ep_rows[0]]), {})
+                really = np.array([acting.get(int(s), np.nan) for s in step[ep_rows[:-1]]])
+                if np.all(np.isfinite(really)):
+                    taken = _action_indices(really, task, grid, n_actions, path)
             episodes.append(
                 Episode(
                     obs=obs[ep_rows[:-1]],
@@ -246,9 +262,21 @@ def read_decisions(
                     policy=str(policy[ep_rows[0]]),
                     role=group_role,
                     targets=_action_scores([infos[i] for i in ep_rows[:-1]], n_actions or AQM_N_ACTIONS, path),
+                    taken=taken,
                 )
             )
     return obs_fields, episodes, skipped
+
+
+def _action_indices(acts: np.ndarray, task: str, grid: np.ndarray | None, n_actions: int | None,
+                    path: Path) -> np.ndarray:
+    """Logged actions as indices: p' to its grid index (AQM), the quality level itself (ABR)."""
+    if task == "aqm":
+        return p_prime_to_index(acts, grid).astype(np.int64)
+    indices = np.rint(acts).astype(np.int64)
+    if np.any(indices < 0) or np.any(indices >= n_actions):
+        raise ValueError(f"{path}: ABR quality index outside [0, {n_actions})")
+    return indices
 
 
 def _action_scores(infos: list[str | None], n_actions: int, path: Path) -> np.ndarray | None:
@@ -266,7 +294,8 @@ def _action_scores(infos: list[str | None], n_actions: int, path: Path) -> np.nd
 
 
 def _episodes_table(episodes: list[Episode]) -> pa.Table:
-    keys = ("episode", "step", "obs", "action", "reward", "targets", "source", "control_point", "policy", "role")
+    keys = ("episode", "step", "obs", "action", "taken", "reward", "targets", "source", "control_point", "policy",
+            "role")
     rows = {k: [] for k in keys}
     for i, ep in enumerate(episodes):
         n = len(ep)
@@ -274,6 +303,7 @@ def _episodes_table(episodes: list[Episode]) -> pa.Table:
         rows["step"] += list(range(n))
         rows["obs"] += list(ep.obs)
         rows["action"] += ep.actions.tolist()
+        rows["taken"] += ep.history_actions.tolist()
         rows["reward"] += ep.rewards.tolist()
         rows["targets"] += ep.targets.tolist() if ep.targets is not None else [[]] * n
         for key in ("source", "control_point", "policy", "role"):
@@ -284,6 +314,7 @@ def _episodes_table(episodes: list[Episode]) -> pa.Table:
             "step": pa.array(rows["step"], pa.int32()),
             "obs": pa.array([o.tolist() for o in rows["obs"]], pa.list_(pa.float64())),
             "action": pa.array(rows["action"], pa.int32()),
+            "taken": pa.array(rows["taken"], pa.int32()),
             "reward": pa.array(rows["reward"], pa.float64()),
             "targets": pa.array(rows["targets"], pa.list_(pa.float64())),
             "source": pa.array(rows["source"], pa.string()),
@@ -395,6 +426,8 @@ def load_pool(pool_dir: str | Path) -> Pool:
     obs = _obs_matrix(table.column("obs"), width, pool_dir / STEPS_FILE)
     episode = table.column("episode").to_numpy()
     action = table.column("action").to_numpy().astype(np.int64)
+    # pools written before the taken column: the history is the labels (as they were trained)
+    taken = table.column("taken").to_numpy().astype(np.int64) if "taken" in table.column_names else action
     reward = table.column("reward").to_numpy()
     text = {k: table.column(k).to_pylist() for k in ("source", "control_point", "policy", "role")}
     targets = table.column("targets").to_pylist()
@@ -412,6 +445,7 @@ def load_pool(pool_dir: str | Path) -> Pool:
                 policy=text["policy"][i],
                 role=text["role"][i],
                 targets=_stored_targets([targets[r] for r in rows], int(manifest["n_actions"])),
+                taken=None if np.array_equal(taken[rows], action[rows]) else taken[rows],
             )
         )
     return Pool(manifest, episodes)

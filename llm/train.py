@@ -217,6 +217,7 @@ def window_batch(
         "returns": data["returns"][idx],
         "states": data["states"][idx],
         "actions": data["actions"][idx],
+        "history_actions": data["history_actions"][idx],
         "timesteps": data["timesteps"][idx],
         "mask": mask,
     }
@@ -286,7 +287,7 @@ def _warm_start(policy: DecisionTransformerPolicy, ckpt: Path, device: str, adap
 def _distill_loss(policy: DecisionTransformerPolicy, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """MSE between the policy's outputs and the same model's run plainly (no adapter, no lever): CQIL's
     distillation, one forward with the change and one without, on the same weights (no teacher copy)."""
-    inputs = {k: batch[k] for k in ("returns", "states", "actions", "timesteps")}
+    inputs = {k: batch[k] for k in ("returns", "states", "timesteps")} | {"actions": batch["history_actions"]}
     with torch.no_grad(), policy.backbone.disable_adapter(), policy.plain():
         target = policy(**inputs).float()
     valid = batch["mask"].bool()

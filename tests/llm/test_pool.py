@@ -59,6 +59,15 @@ def test_shadow_rows_become_episodes_only_when_asked(tmp_path):
     relabelled = build_pool([path], tmp_path / "shadow", "abr", roles=("shadow",))
     assert [(e.policy, e.role) for e in relabelled.episodes] == [("lowest", "shadow")]
     np.testing.assert_array_equal(relabelled.episodes[0].obs, pool.episodes[0].obs)  # the acting policy's states
+    # a sequence model's history is what the acting policy really did; the labels are the shadow's
+    shadow = relabelled.episodes[0]
+    assert shadow.actions.tolist() == [0] * 5
+    np.testing.assert_array_equal(shadow.history_actions, pool.episodes[0].actions)
+    reloaded = load_pool(tmp_path / "shadow").episodes[0]
+    np.testing.assert_array_equal(reloaded.history_actions, pool.episodes[0].actions)
+    assert reloaded.actions.tolist() == [0] * 5
+    flat = relabelled.flat(relabelled.features, relabelled.rewards, max_timestep=10)
+    np.testing.assert_array_equal(flat["history_actions"], pool.episodes[0].actions)
     assert build_pool([path], tmp_path / "acting", "abr").manifest["roles"] == ["acting"]
     with pytest.raises(ValueError, match="roles"):
         build_pool([path], tmp_path / "bad", "abr", roles=("teacher",))
