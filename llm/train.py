@@ -152,7 +152,14 @@ def save_checkpoint(policy: DecisionTransformerPolicy, config: PolicyConfig, out
     out.mkdir(parents=True, exist_ok=True)
     if not isinstance(policy.backbone, PeftModel):
         raise TypeError("save_checkpoint needs the LoRA-wrapped (unmerged) backbone")
+    card = out / "README.md"
+    kept = card.read_text() if card.is_file() else None
     policy.backbone.save_pretrained(out)
+    # PEFT writes a blank Hugging Face model card: a checkpoint's card is ours (testbed learn writes it) or none
+    if kept is None:
+        card.unlink(missing_ok=True)
+    else:
+        card.write_text(kept)
     save_file({k: v.detach().cpu().contiguous() for k, v in policy.policy_state_dict().items()}, out / WEIGHTS_FILE)
     config.save(out / CONFIG_FILE)
     return out

@@ -61,6 +61,7 @@ def test_checkpoint_reloads_to_identical_outputs(tmp_path, abr_pools, tiny_backb
         optimizer.zero_grad()
     policy.eval()
     save_checkpoint(policy, config, tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt" / "README.md").exists()  # no blank Hugging Face card
     inputs = {k: v for k, v in batch.items() if k not in ("mask", "history_actions")}
     with torch.no_grad():
         expected = policy(**inputs)
