@@ -1,0 +1,119 @@
+"""The shipped policies (``llm/checkpoints``) load and decide in CI without training: the contract the
+``--abr llm`` / ``--aqm llm`` agents rely on (fields, action grids), determinism, size, model card, and the
+direction of their answers on situations whose right answer is not in doubt."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from agents.llm_agent import LlmPolicy
+from agents.protocol.control_points import AbrObservation, AqmObservation, aqm_action_grid
+from emulation.video import BandwidthTrace, default_manifest
+from llm.inference import load_decider
+from llm.shipped import DEFAULTS_FILE, default_checkpoint, shipped
+from testbed.chunksim import run_session
+
+DEFAULTS = json.loads(DEFAULTS_FILE.read_text())
+
+
+def test_every_default_names_a_shipped_checkpoint_of_its_task():
+    assert {"abr", "aqm"} <= set(DEFAULTS)
+    for task in DEFAULTS:
+        path = default_checkpoint(task)
+        assert path is not None and path.name in shipped()
+        assert json.loads((path / "policy_config.json").read_text())["task"] == task
+
+
+@pytest.mark.parametrize("name", sorted(shipped()))
+def test_a_shipped_checkpoint_is_small_and_documented(name):
+    path = shipped()[name]
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    assert size < 8e6, f"{name}: {size / 1e6:.1f} MB"
+    card = (path / "README.md").read_text()
+    assert (path / "recipe.yaml").is_file() and "Validation" in card and "Licence" in card
+
+
+# --- ABR ---------------------------------------------------------------------------------------------------
+
+
+def _constant(mbps: float) -> BandwidthTrace:
+    return BandwidthTrace(np.array([0.0, 1000.0]), np.array([mbps * 1e6, mbps * 1e6]), name=f"flat-{mbps:g}")
+
+
+@pytest.mark.parametrize("name", sorted(n for n in shipped() if n.startswith("abr-")))
+def test_a_shipped_abr_policy_plays_deterministically_and_follows_the_link(name):
+    manifest = default_manifest()
+    top = manifest.n_levels - 1
+
+    def play(mbps: float) -> np.ndarray:
+        result = run_session(LlmPolicy("abr", checkpoint=str(shipped()[name]), device="cpu"), _constant(mbps),
+                             manifest)
+        return result.video["quality"].to_numpy()
+
+    slow, fast = play(0.4), play(20.0)
+    assert np.array_equal(play(20.0), fast)
+    # a link far above the top bitrate settles at the top; one below the second level stays at the bottom
+    assert (fast[-20:] == top).mean() >= 0.9
+    assert (slow[-20:] == 0).mean() >= 0.9
+
+
+def test_the_abr_decider_reads_the_control_points_fields():
+    decider = load_decider(default_checkpoint("abr"), device="cpu")
+    manifest = default_manifest()
+    assert decider.task == "abr" and decider.n_actions == manifest.n_levels
+    assert decider.obs_fields == AbrObservation.field_names(manifest.n_levels)
+
+
+# --- AQM ---------------------------------------------------------------------------------------------------
+
+AQM_FIELDS = AqmObservation.field_names()
+
+
+def _aqm_obs(qdelay_s: float, p_prime: float, utilisation: float = 0.98, rate_bps: float = 50e6) -> dict:
+    """A DualPI2 state with the classic head sojourn at ``qdelay_s`` and a near-empty L queue."""
+    c_bytes = qdelay_s * rate_bps / 8
+    values = {
+        "qdelay_s": qdelay_s, "c_sojourn_s": qdelay_s, "l_sojourn_s": 3e-4,
+        "c_len_pkts": c_bytes / 1500, "l_len_pkts": 2.0, "c_len_bytes": c_bytes, "l_len_bytes": 3000.0,
+        "c_arrival_bps": 0.5 * rate_bps, "l_arrival_bps": 0.5 * rate_bps, "departure_bps": utilisation * rate_bps,
+        "utilisation": utilisation, "c_drops": 0.0, "c_marks": 0.0, "l_marks": 5.0, "l_drops": 0.0,
+        "tail_drops": 0.0, "p_prime": p_prime, "interval_s": 0.016,
+    }
+    return {name: float(values[name]) for name in AQM_FIELDS}
+
+
+@pytest.fixture(scope="module")
+def aqm_decider():
+    return load_decider(default_checkpoint("aqm"), device="cpu")
+
+
+def _episode(decider, delays_s: list[float]) -> list[int]:
+    """Decisions over a delay trajectory, the p' in force being the policy's own previous answer."""
+    decider.reset()
+    grid = decider.action_values
+    p_prime, out = 0.0, []
+    for q in delays_s:
+        index = decider.decide(_aqm_obs(q, p_prime), 0.9)
+        out.append(index)
+        p_prime = float(grid[index])
+    return out
+
+
+def test_the_aqm_policy_matches_the_control_point_and_decides_deterministically(aqm_decider):
+    assert aqm_decider.task == "aqm" and aqm_decider.n_actions == 17
+    assert np.array_equal(aqm_decider.action_values, aqm_action_grid(17))
+    assert aqm_decider.obs_fields == AQM_FIELDS
+    delays = [0.0] * 10 + list(np.linspace(0.0, 0.06, 30)) + [0.06] * 20 + list(np.linspace(0.06, 0.0, 30))
+    first = _episode(aqm_decider, delays)
+    assert all(0 <= i < 17 for i in first) and len(set(first)) > 1
+    assert _episode(aqm_decider, delays) == first
+    assert _episode(load_decider(default_checkpoint("aqm"), device="cpu"), delays) == first
+
+
+def test_the_aqm_policy_raises_p_prime_on_a_standing_queue_and_releases_it_on_an_empty_one(aqm_decider):
+    """In closed loop with its own answers (the p' in force is the last one), from p' = 0."""
+    empty, standing = _episode(aqm_decider, [0.0] * 15), _episode(aqm_decider, [0.06] * 15)
+    assert empty[-1] == 0 and standing[-1] >= 12  # p' of 0.09 or more against a 60 ms classic queue
