@@ -6,16 +6,22 @@ Exit status 0 after the requested episodes, 1 with a one-line error otherwise.
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import sys
-from typing import Any
+import os
 
-from agents.env import OpenGymEnv
-from agents.policy import CONTROLS
-from agents.registry import make_policy, policy_names
-from agents.serve import serve
+# Before torch loads: its OpenMP threads spin while they wait for work by default, and beside a
+# simulation on the same cores that spinning made decisions ~10x slower (benchmarks/bench_levers.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
+
+from agents.env import OpenGymEnv  # noqa: E402
+from agents.policy import CONTROLS  # noqa: E402
+from agents.registry import make_policy, policy_names  # noqa: E402
+from agents.serve import serve  # noqa: E402
 
 _log = logging.getLogger("agents")
 

@@ -57,7 +57,10 @@ class Levers:
       run or skip it (D-LLM), trained toward an execution ratio ``gate_target`` with weight
       ``gate_weight``; a skipped token is invisible as a key in that block.
     * ``concurrent``: groups of consecutive blocks that read the same input and add their
-      outputs (CQIL): ``h + sum(f_i(h) - h)``, so a group runs as one batched operation.
+      outputs (CQIL): ``h + sum(f_i(h) - h)``, so a group's members are independent of each
+      other: on parallel hardware they could run at once. Here they run one after another (a
+      GEMM-level measurement on CPU found no gain in widening them into one operation), so on
+      CPU the lever saves nothing; ``benchmarks/bench_levers.py`` measures it.
     * ``head_mlp``: a per-head Linear + SiLU on each block's attention output, shared by the
       heads of a block (LLM_Compression's richer blocks), added as a residual that starts at 0.
     """
@@ -391,7 +394,25 @@ class Decoder:
                 kv.valid[j, kv.length:kv.length + n] = True
 
     def _delta(self, block: _BlockBase, index: int, h, cos, sin, own, kvs, past: int, gate) -> torch.Tensor:
-        """f(h) - h of block ``index`` (attention and MLP with their residuals); gated per token when ``gate``."""
+        """f(h) - h of block ``index`` (attention and MLP with their residuals); gated per token when ``gate``.
+
+        At inference (hard gates, one stream) the tokens that skip the block are not computed at all:
+        that is where D-LLM's saving comes from. Their cache slots are marked as not keys.
+        """
+        if gate is not None and not gate.requires_grad and h.shape[0] == 1 and not bool(gate.all()):
+            run = torch.nonzero(gate[0] > 0.5).squeeze(1)
+            delta = torch.zeros_like(h)
+            if kvs is not None:
+                kvs[0].valid[index, kvs[0].length:kvs[0].length + h.shape[1]] = False
+            if len(run):
+                delta[:, run] = self._block_delta(block, index, h[:, run], cos[:, :, run], sin[:, :, run],
+                                                  own[run][:, run], kvs, past, None, slots=run)
+            return delta
+        return self._block_delta(block, index, h, cos, sin, own, kvs, past, gate)
+
+    def _block_delta(self, block: _BlockBase, index: int, h, cos, sin, own, kvs, past: int, gate,
+                     slots: torch.Tensor | None = None) -> torch.Tensor:
+        """The block on the tokens of ``h``; ``slots``: their offsets in the step when only some run."""
         b, n, _ = h.shape
         q, k, v = block.qkv(h)
         q = q.view(b, n, block.n_heads, block.head_dim).transpose(1, 2)
@@ -411,9 +432,10 @@ class Decoder:
                 values = torch.cat([torch.stack([kv.v[index, :, :past] for kv in kvs]), v], dim=2)
                 mask = torch.cat([seen[:, None, :].expand(b, n, past), mask], dim=2)
             for row, kv in enumerate(kvs):  # a shorter stream writes where its own history ends
-                kv.k[index, :, kv.length:kv.length + n] = k[row]
-                kv.v[index, :, kv.length:kv.length + n] = v[row]
-                kv.valid[index, kv.length:kv.length + n] = is_key[row]
+                where = slice(kv.length, kv.length + n) if slots is None else kv.length + slots
+                kv.k[index, :, where] = k[row]
+                kv.v[index, :, where] = v[row]
+                kv.valid[index, where] = is_key[row]
         a = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None], enable_gqa=True)
         if self.levers.head_mlp:
             a = a + F.silu(self.mods.head_mlps[str(index)](a))

@@ -81,6 +81,27 @@ def test_open_gates_are_the_full_model_and_closed_gates_skip_their_blocks(lm):
 
 
 @torch.no_grad()
+def test_tokens_that_skip_a_block_are_not_computed_and_change_nothing(lm):
+    """Mixed per-token gates: one stream (skipped tokens left out of the block's computation) equals the
+    same stream computed whole and masked (in a batch of two), over two cached steps."""
+    x, pos = _inputs(b=1, n=18)
+    decoder, modules = _levers(lm, gates=True, gate_start=1)
+    for router in modules.routers.values():  # route by the sign of one router unit: a mix of run and skip
+        router.out.weight.zero_()
+        router.out.bias.zero_()
+        router.out.weight[1, 0], router.out.weight[0, 0] = 4.0, -4.0
+    alone, paired = decoder.new_kv(32), [decoder.new_kv(32), decoder.new_kv(32)]
+    for part in (slice(0, 9), slice(9, 18)):
+        step, at = x[:, part], pos[:, part]
+        single = decoder.forward(step, at, [alone])
+        double = decoder.forward(step.expand(2, -1, -1), at.expand(2, -1), paired)
+        assert 0 < float(single.exec_ratio.mean()) < 1
+        torch.testing.assert_close(single.hidden[0], double.hidden[0], atol=1e-5, rtol=1e-4)
+    assert torch.equal(alone.valid[:, :18], paired[0].valid[:, :18])
+    assert not alone.valid[1:, :18].all()
+
+
+@torch.no_grad()
 def test_a_concurrent_group_is_the_explicit_sum_of_its_members(lm):
     x, pos = _inputs()
     states = _library(lm, x, pos, hidden_states=True).hidden_states
