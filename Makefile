@@ -17,7 +17,7 @@ SEEDS ?= 1..5
 RUNS ?= runs
 OUT ?= reports/latest
 
-.PHONY: setup emulate compare report test bench validate proto clean lint
+.PHONY: setup emulate compare report test bench bench-llm validate proto clean lint
 
 setup: $(VENV)/.installed
 
@@ -48,6 +48,15 @@ lint: setup
 bench: setup
 	$(PY) -m benchmarks.bench_aqm_overhead
 	$(PY) -m benchmarks.bench_wire
+
+# The learned policies and their decisions: QoE against the classic ABRs, DualPI2's frontier,
+# latency per lever, the policy server's throughput, one model in memory.
+bench-llm: setup
+	$(PY) -m benchmarks.bench_llm_abr
+	$(PY) -m benchmarks.bench_aqm_frontier
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m benchmarks.bench_levers
+	$(PY) -m benchmarks.bench_server
+	$(PY) -m benchmarks.bench_run_memory
 
 validate: setup
 	$(PY) -m benchmarks.validate $(ARGS)

@@ -11,8 +11,8 @@ directory is reachable from here (the same machine or a shared filesystem); othe
 folder under ``--out``.
 
 Decisions of LLM policies that arrive close together are batched into one forward pass (up to
-``max_batch`` streams, waiting at most ``max_wait_ms`` for more), each stream keeping its own KV
-cache and positions. Classic policies answer at once. The acting answer always goes out first;
+``max_batch`` streams, waiting at most ``max_wait_ms`` for more unless every connected stream is
+already waiting), each stream keeping its own KV cache and positions. Classic policies answer at once. The acting answer always goes out first;
 shadow policies decide after it, while the simulation runs on.
 """
 
@@ -244,7 +244,9 @@ class PolicyServer:
                 while first is not None:
                     waiting = [s for s in self._streams.values() if s.pending]
                     left = self.max_wait_s - (time.perf_counter() - first)
-                    if len(waiting) >= self.max_batch or left <= 0 or not self._receive(left):
+                    # every connected stream is already waiting: nobody can join the batch, answer now
+                    everyone = len(waiting) == len(self._streams)
+                    if len(waiting) >= self.max_batch or everyone or left <= 0 or not self._receive(left):
                         break
                 waiting = [s for s in self._streams.values() if s.pending]
                 if waiting:
