@@ -121,7 +121,6 @@ VideoServer::StartApplication()
     Ptr<TcpL4Protocol> tcp = GetNode()->GetObject<TcpL4Protocol>();
     NS_ABORT_MSG_IF(!tcp, "VideoServer needs an internet stack on its node");
     m_listener = tcp->CreateSocket(m_congestionControl);
-    // Accepted sockets are forks of the listener and inherit its congestion control.
     ConfigureTcpTransport(m_listener, m_congestionControl, false, m_useEct0);
     NS_ABORT_MSG_IF(m_listener->Bind(InetSocketAddress(Ipv4Address::GetAny(), m_port)) != 0,
                     "VideoServer cannot bind port " << m_port);
@@ -152,6 +151,10 @@ VideoServer::HandleAccept(Ptr<Socket> socket, const Address& from)
 {
     NS_LOG_FUNCTION(this << socket << from);
     m_connections[socket] = Connection();
+    // A fresh congestion control, not the fork of the listener's: the wheel's TcpCubic copy leaves state
+    // uninitialised, so a forked sender's dynamics followed the heap's contents (and with them the Python
+    // allocations of the run: a served run and a separate-agent run of one seed diverged).
+    ConfigureTcpTransport(socket, m_congestionControl, false, m_useEct0);
     socket->SetRecvCallback(MakeCallback(&VideoServer::HandleRead, this));
     socket->SetSendCallback(MakeCallback(&VideoServer::HandleSend, this));
     socket->SetCloseCallbacks(MakeCallback(&VideoServer::HandleClose, this),
