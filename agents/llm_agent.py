@@ -168,12 +168,13 @@ class LlmPolicy:
     def act(self, obs: AqmObservation | AbrObservation) -> float | int:
         features = self.features(obs)
         fallback_action = self.fallback.act(obs) if self.fallback is not None else None
-        self._settle()
         self.decisions += 1
         t0 = time.perf_counter()
         if self._pool is None:
             index = self.decider.decide(features, self._reward)
         else:
+            # One inference thread, in order: a late decision or a slide still running is waited for within
+            # the deadline, which counts from the state's arrival.
             self._pending = self._pool.submit(self.decider.decide, features, self._reward)
             try:
                 index = self._pending.result(timeout=self.deadline_s)
@@ -186,6 +187,18 @@ class LlmPolicy:
         self.latency_ms.append((time.perf_counter() - t0) * 1e3)
         self.last_fallback = False
         return self.to_action(index)
+
+    def prepare(self) -> None:
+        """Slide the model's window now if the next decision would (a slide's re-encoding is the tail of the
+        decision time); with a deadline on the inference thread, so the next ``act`` waits only for what is
+        left of it."""
+        prepare = getattr(self.decider, "prepare", None)  # an MLP decider has no window to slide
+        if prepare is None:
+            return
+        if self._pool is None:
+            prepare()
+        else:
+            self._pending = self._pool.submit(prepare)
 
     def close(self) -> None:
         self._settle()

@@ -23,7 +23,9 @@ class Policy(Protocol):
     ``reset`` is called before each episode. A policy that learns online may
     also define ``observe_reward(reward: float) -> None``: the loop calls it,
     when present, with the reward that arrived with each observation (the
-    reward for the previous action) before ``act``; see :func:`observe_reward`.
+    reward for the previous action) before ``act``; see :func:`observe_reward`. A policy with work
+    that needs no state yet may define ``prepare() -> None``, called once its answer is out, while the
+    simulation runs on; see :func:`prepare_next`.
     """
 
     name: str
@@ -39,6 +41,13 @@ def observe_reward(policy: Policy, reward: float) -> None:
     hook = getattr(policy, "observe_reward", None)
     if hook is not None:
         hook(reward)
+
+
+def prepare_next(policy: Policy) -> None:
+    """Let the policy work ahead for its next decision (the method is optional)."""
+    hook = getattr(policy, "prepare", None)
+    if hook is not None:
+        hook()
 
 
 def check_control(control: str) -> str:

@@ -24,7 +24,7 @@ from gymnasium import spaces
 
 from agents.decisions import DecisionLog, stop_signals_deferred, warm_up
 from agents.env import OpenGymEnv
-from agents.policy import Policy, check_control, observe_reward
+from agents.policy import Policy, check_control, observe_reward, prepare_next
 from agents.protocol.control_points import AbrObservation, AqmObservation, aqm_action_grid
 
 _log = logging.getLogger(__name__)
@@ -185,8 +185,10 @@ def serve(
                 with stop_signals_deferred():
                     env.reply(action)
                     _record(log, row, policy, "acting", action, decision_ms)
+                prepare_next(policy)
                 for shadow in shadows:
                     _record(log, row, shadow, "shadow", *_decide(shadow, obs_view, control, env.action_space))
+                    prepare_next(shadow)
                 obs, _reward, done, _truncated, info = env.next_state()
                 state = env.last_state
                 decisions += 1

@@ -31,7 +31,7 @@ import zmq
 
 from agents.decisions import DecisionLog, warm_up
 from agents.env import is_loopback, parse_info
-from agents.policy import Policy, observe_reward
+from agents.policy import Policy, observe_reward, prepare_next
 from agents.protocol import codec
 from agents.protocol.control_points import AqmObservation
 from agents.serve import DECISIONS_FILE, _action_values, _sim_time_s, obs_fields, observation, to_space_action
@@ -216,6 +216,8 @@ class PolicyServer:
             self._reply(s.identity, codec.build_env_act(s.act_codec, action))
             s.pending = False
             self.decisions += 1
+        for s in streams:  # ... then the work ahead for the next acting decisions ...
+            prepare_next(s.policy)
         for s in streams:  # ... the shadows and the log after them, while the simulations run
             if s.log is not None:
                 s.log.append(step=s.step, sim_time_s=s.sim_time_s, policy=s.policy.name, role="acting",
@@ -226,6 +228,7 @@ class PolicyServer:
                 t0 = time.perf_counter()
                 raw = shadow.act(s.obs_view)
                 decision_ms = (time.perf_counter() - t0) * 1e3
+                prepare_next(shadow)
                 if s.log is not None:
                     s.log.append(step=s.step, sim_time_s=s.sim_time_s, policy=shadow.name, role="shadow",
                                  obs=s.obs_vec, action=_action_values(to_space_action(s.control, raw, s.action_space)),

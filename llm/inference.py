@@ -209,6 +209,11 @@ class LlmDecider:
         self.latency_ms.append((time.perf_counter() - t0) * 1e3)
         return index
 
+    def prepare(self) -> bool:
+        """Work for the next decision that needs no state yet (the window's slide, see
+        :meth:`llm.policy.DecisionSession.prepare`); call it once the answer is out. Returns whether it slid."""
+        return self._prev_action is not None and self._session.prepare(self._prev_action)
+
     @property
     def blocks_run(self) -> int:
         """Blocks the last decision ran (fewer than all after an early exit)."""

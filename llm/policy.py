@@ -446,6 +446,8 @@ class DecisionSession:
         self._cache: list[StreamKv] | DynamicCache | None = None
         self._cached_tokens = 0
         self.rebuilds = 0
+        #: the rebuilds :meth:`prepare` did between decisions (the rest happened inside a decision)
+        self.slides_prepared = 0
         #: blocks run for the last step (fewer than all after an early exit)
         self.blocks_run = 0
 
@@ -513,6 +515,33 @@ class DecisionSession:
         action = policy.action_tokens(self._actions[-1][:, None], self._timesteps[-2][:, None])
         state = policy.step_tokens(self._returns[-1][:, None], self._states[-1][:, None], self._timesteps[-1][:, None])
         return PendingStep(self, torch.cat([action[:, 0], state[:, 0]], dim=1), self._cached_tokens)
+
+    @torch.no_grad()
+    def prepare(self, prev_actions: torch.Tensor) -> bool:
+        """Slide a full window now, with the actions just chosen, so the next step is an incremental one.
+
+        The next :meth:`begin` would otherwise re-encode the kept steps in front of its decision (a slide
+        every ``window - keep_steps`` steps, the tail of the decision time). Called between decisions (the
+        agent calls it once its answer is out), it moves that work off the critical path: the kept steps'
+        cache here, then ``prev_actions`` and the new step at the next :meth:`begin`, as a full rebuild would
+        encode them (equal up to float rounding). Returns whether it slid; a no-op without a cache, before
+        the window is full, and with early exit (whose rebuild stops where the decision does).
+        """
+        if (not self.use_cache or self._cache is None or len(self._returns) < self.policy.window
+                or self._exit_check() is not None):
+            return False
+        device = self.policy.head.weight.device
+        keep = self.keep_steps
+        actions = [*self._actions, prev_actions.to(device=device, dtype=torch.long).reshape(self.batch_size)]
+        for history in (self._returns, self._states, self._timesteps):
+            del history[:-keep]
+        # the last kept step's action goes in with the next step, as in the incremental path
+        self._actions = actions[-keep:-1]
+        self.rebuilds += 1
+        self.slides_prepared += 1
+        self._cache = self._new_cache()
+        self._run(PendingStep(self, self.policy.sequence(*self.context()), 0), None)
+        return True
 
     def finish(self, out: StepOutput) -> torch.Tensor:
         """The step's logits from the LM's output: the final head, or the exit head the step stopped at."""

@@ -226,6 +226,9 @@ class RecordingPolicy:
         self.events.append(("act", obs.qdelay_s))
         return 1.0
 
+    def prepare(self) -> None:
+        self.events.append(("prepare", 0.0))
+
 
 def test_serve_hands_rewards_before_acting_and_logs_shadows(tmp_path: Path) -> None:
     recorder = RecordingPolicy()
@@ -235,8 +238,8 @@ def test_serve_hands_rewards_before_acting_and_logs_shadows(tmp_path: Path) -> N
         result = serve(env, FixedProbability(0.0), shadows=[recorder], out_dir=tmp_path)
     assert (result.episodes, result.decisions) == (1, 3)
     # Rewards 0.5 * step arrive with each observation; the first one has no previous action to reward.
-    assert recorder.events == [("reset", 0.0), ("act", 0.001), ("reward", 0.5), ("act", 0.002), ("reward", 1.0),
-                               ("act", 0.003), ("reward", 1.5)]
+    assert recorder.events == [("reset", 0.0), ("act", 0.001), ("prepare", 0.0), ("reward", 0.5), ("act", 0.002),
+                               ("prepare", 0.0), ("reward", 1.0), ("act", 0.003), ("prepare", 0.0), ("reward", 1.5)]
     rows = pq.read_table(result.decisions_path).to_pylist()
     assert [(r["policy"], r["role"], r["action"]) for r in rows] == [
         ("fixed", "acting", [0.0]), ("recorder", "shadow", [16.0])] * 3 + [("fixed", "acting", [])]
@@ -291,6 +294,22 @@ def test_acting_answer_arrives_before_a_slow_shadow_has_decided(tmp_path: Path) 
     ] + [(steps, "pi2", "acting")]
     assert all(r["decision_ms"] >= 300 for r in rows if r["role"] == "shadow")
     assert all(r["decision_ms"] < 300 for r in rows[:-1] if r["role"] == "acting")
+
+
+def test_the_llm_agent_slides_its_window_between_decisions(tmp_path: Path) -> None:
+    """The shipped AQM policy (window 10, 5 steps kept) over 25 decisions: every slide of its window happens
+    after an answer is out, none inside a decision."""
+    from agents.llm_agent import LlmPolicy
+    from llm.shipped import default_checkpoint
+
+    policy = LlmPolicy("aqm", checkpoint=str(default_checkpoint("aqm")), device="cpu")
+    with OpenGymEnv(port=0, timeout_s=30) as env:
+        env.launch([sys.executable, str(MINIMAL_SIM), "--port", str(env.port), "--steps", "25",
+                    "--obs-size", str(AQM_SIZE), "--n-actions", "17"], env=SIM_ENV)
+        result = serve(env, policy, out_dir=tmp_path)
+    session = policy.decider._session
+    assert result.decisions == 25 and policy.decider.config.window == 10
+    assert session.rebuilds == session.slides_prepared == 4  # after decisions 10, 15, 20 and 25
 
 
 def test_serve_handles_a_simulation_that_ends_at_once(tmp_path: Path) -> None:

@@ -37,7 +37,9 @@ def _expected_contexts(n_steps: int, keep: int) -> list[range]:
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "opt", "qwen2"])
 @pytest.mark.parametrize("keep", [WINDOW - 1, 2])
-def test_cached_steps_equal_full_window_forward(tiny_backbone, arch, keep):
+@pytest.mark.parametrize("prepared", [False, True], ids=["slide-in-step", "slide-prepared"])
+def test_cached_steps_equal_full_window_forward(tiny_backbone, arch, keep, prepared):
+    """Also when the agent slides a full window between decisions (``prepare``), off the decision's path."""
     policy = _policy(tiny_backbone, arch)
     batch, n_steps = 3, 14
     gen = torch.Generator().manual_seed(1)
@@ -54,8 +56,11 @@ def test_cached_steps_equal_full_window_forward(tiny_backbone, arch, keep):
             full = policy(returns[:, idx], states[:, idx], actions[:, idx], timesteps[:, idx])[:, -1]
         torch.testing.assert_close(logits, full, atol=1e-5, rtol=1e-4)
         assert session.context_steps == len(idx)
+        if prepared:
+            slid = session.prepare(actions[:, t])
+            assert slid == (len(context) == WINDOW)  # the next context starts over from the kept steps
     slides = sum(1 for before, now in zip(contexts[:-1], contexts[1:], strict=True) if now.start != before.start)
-    assert session.rebuilds == slides > 0
+    assert session.rebuilds == slides + (prepared and len(contexts[-1]) == WINDOW) > 0
 
 
 def test_uncached_session_slides_one_step_at_a_time(tiny_backbone):
