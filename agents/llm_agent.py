@@ -17,6 +17,11 @@ Which model decides, in order: ``checkpoint=DIR`` (``--policy-arg``);
 ``tiny`` for a small random Llama) with untrained encoders — for latency and
 plumbing, not decisions; else the policy shipped in the package for the task
 (:mod:`llm.shipped`).
+
+An ABR checkpoint may name a stall guard (``stall_guard_s`` in its config,
+:mod:`agents.abr.guard`): the agent then lowers a choice whose chunk would not
+arrive before the buffer runs dry. ``stall_guard_s=none`` (or a margin in
+seconds) overrides the checkpoint's setting.
 """
 
 from __future__ import annotations
@@ -64,6 +69,19 @@ def _backbone_dir(spec: str) -> Path:
     return Path(spec)
 
 
+def _stall_guard(control: str, decider, setting: float | str | None):
+    """The stall guard an ABR policy acts with: ``setting`` (a margin in s, or none), else the checkpoint's."""
+    from agents.abr.guard import StallGuard
+
+    if setting is None:
+        setting = getattr(getattr(decider, "config", None), "stall_guard_s", None)
+    if setting is None or str(setting).lower() in ("none", "off", ""):
+        return None
+    if control != "abr":
+        raise ValueError(f"stall_guard_s is for ABR policies, not {control}")
+    return StallGuard(float(setting))
+
+
 class LlmPolicy:
     """An ``llm`` policy for the agent process (see the module docstring)."""
 
@@ -80,6 +98,7 @@ class LlmPolicy:
         fallback: Policy | None = None,
         n_actions: int | None = None,
         decider=None,
+        stall_guard_s: float | str | None = None,
     ):
         from llm.inference import LlmDecider, load_decider
 
@@ -108,6 +127,7 @@ class LlmPolicy:
                                                     device=device, dtype=dtype)
             if self.decider.task != control:
                 raise ValueError(f"checkpoint {checkpoint} is an {self.decider.task} policy, not {control}")
+        self.guard = _stall_guard(control, self.decider, stall_guard_s)
         self.deadline_s = None if deadline_ms in (None, "", "none") else float(deadline_ms) / 1e3
         if self.deadline_s is not None and fallback is None:
             raise ValueError("a decision deadline needs a fallback policy (agents.registry builds it from fallback=NAME)")
@@ -124,6 +144,8 @@ class LlmPolicy:
     def reset(self) -> None:
         self._settle()
         self.decider.reset()
+        if self.guard is not None:
+            self.guard.reset()
         if self.fallback is not None:
             self.fallback.reset()
         self._reward = 0.0
@@ -143,7 +165,8 @@ class LlmPolicy:
         """A policy for another stream that shares this one's model (the policy server's streams)."""
         deadline_ms = None if self.deadline_s is None else self.deadline_s * 1e3
         return LlmPolicy(self.control, decider=self.decider.fork(), deadline_ms=deadline_ms,
-                         fallback=copy.deepcopy(self.fallback))
+                         fallback=copy.deepcopy(self.fallback),
+                         stall_guard_s="none" if self.guard is None else self.guard.margin_s)
 
     @property
     def batchable(self) -> bool:
@@ -186,7 +209,11 @@ class LlmPolicy:
                 return fallback_action
         self.latency_ms.append((time.perf_counter() - t0) * 1e3)
         self.last_fallback = False
-        return self.to_action(index)
+        return self.guarded(obs, self.to_action(index))
+
+    def guarded(self, obs: AqmObservation | AbrObservation, action: float | int) -> float | int:
+        """The action, lowered by the stall guard if there is one (ABR)."""
+        return action if self.guard is None else self.guard.limit(obs, action)
 
     def prepare(self) -> None:
         """Slide the model's window now if the next decision would (a slide's re-encoding is the tail of the
@@ -224,4 +251,4 @@ def act_batch(policies: list[LlmPolicy], observations: list) -> list[float | int
         p.decisions += 1
         p.latency_ms.append(p.decider.latency_ms[-1])
         p.last_fallback = False
-    return [p.to_action(i) for p, i in zip(policies, indices, strict=True)]
+    return [p.guarded(o, p.to_action(i)) for p, o, i in zip(policies, observations, indices, strict=True)]

@@ -5,7 +5,8 @@ Every policy plays every trace of ``valid-fcc`` and ``valid-norway`` (all of the
 mean QoE_lin (first chunk excluded), bitrate, rebuffering, switches, and the decision time p50
 (measured in the run, ``--threads`` torch threads). A learned variant given as several
 checkpoints (``NAME=DIR1,DIR2,...``, one per training seed) gets the mean and a 95 % confidence
-interval over its seeds; the classic policies are deterministic.
+interval over its seeds; the classic policies are deterministic. A checkpoint that acts behind a
+stall guard (``stall_guard_s`` in its config) also plays bare, as ``NAME, bare``.
 
     .venv/bin/python -m benchmarks.bench_llm_abr --variant mlp=runs/learn/abr-mlp/checkpoint \\
         --variant tiny=runs/learn/abr-tiny-s0/checkpoint,runs/learn/abr-tiny-s1/checkpoint [--json out.json]
@@ -35,10 +36,15 @@ CLASSIC = ("bba", "rate", "bola", "mpc")
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def _learned(path: str):
+def _learned(path: str, stall_guard_s: str | None = None):
+    """The checkpoint as its agent acts (behind its stall guard, if it names one), or with the guard given."""
     from agents.llm_agent import LlmPolicy
 
-    return lambda: LlmPolicy("abr", checkpoint=path, device="cpu")
+    return lambda: LlmPolicy("abr", checkpoint=path, device="cpu", stall_guard_s=stall_guard_s)
+
+
+def _guarded(path: str) -> bool:
+    return json.loads((Path(path) / "policy_config.json").read_text()).get("stall_guard_s") is not None
 
 
 def _row(table: pd.DataFrame) -> dict:
@@ -54,6 +60,9 @@ def measure(variants: dict[str, list[str]], parts: tuple[str, ...] = ("all", "re
     rows = []
     policies = {name: [POLICIES[name]] for name in CLASSIC} | {
         name: [_learned(p) for p in paths] for name, paths in variants.items()}
+    for name, paths in variants.items():  # what a checkpoint's stall guard adds: the bare model beside it
+        if any(_guarded(p) for p in paths):
+            policies[f"{name}, bare"] = [_learned(p, "none") for p in paths]
     for name, factories in policies.items():
         for seed, factory in enumerate(factories):
             for set_name, all_traces in traces.items():

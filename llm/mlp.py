@@ -42,6 +42,8 @@ class MlpConfig:
     action_values: list[float] | None = None
     training: dict = field(default_factory=dict)
     kind: str = KIND
+    #: ABR: the margin (s) of agents.abr.guard.StallGuard the agent acts with; None: unguarded
+    stall_guard_s: float | None = None
 
     def to_dict(self) -> dict:
         return {**asdict(self), "features": self.features.to_dict()}

@@ -70,6 +70,8 @@ class PolicyConfig:
     base_adapter: str | None = None
     lora: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
+    #: ABR: how the agent acts with it, the margin (s) of agents.abr.guard.StallGuard; None: unguarded
+    stall_guard_s: float | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -102,6 +102,9 @@ class Recipe(_Strict):
     threads: int = Field(2, ge=1)
     #: processes that play experience and DAgger sessions in parallel
     workers: int = Field(2, ge=1)
+    #: the shipped policy acts behind a stall guard of this margin (s; agents.abr.guard); selection and DAgger
+    #: play the bare model
+    stall_guard_s: float | None = Field(None, ge=0)
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
@@ -148,15 +151,16 @@ def _teacher(name: str) -> Callable:
     return TEACHERS.get(name) or POLICIES[name]
 
 
-def learned_policy(model: torch.nn.Module, config) -> Callable:
-    """A factory of agent policies around an in-memory model (decision transformer or MLP)."""
+def learned_policy(model: torch.nn.Module, config, stall_guard_s: float | str | None = None) -> Callable:
+    """A factory of agent policies around an in-memory model (decision transformer or MLP); the stall guard
+    is the config's unless ``stall_guard_s`` says otherwise."""
     from agents.llm_agent import LlmPolicy
     from llm.inference import LlmDecider
     from llm.mlp import MlpDecider, MlpPolicy
 
     def make():
         decider = MlpDecider(model, config) if isinstance(model, MlpPolicy) else LlmDecider(model, config)
-        return LlmPolicy("abr", decider=decider)
+        return LlmPolicy("abr", decider=decider, stall_guard_s=stall_guard_s)
 
     return make
 
@@ -328,6 +332,8 @@ def learn(recipe: Recipe, out_dir: str | Path, log: Callable[[str], None] = prin
     if final.exists():
         shutil.rmtree(final)
     shutil.copytree(out / f"round-{best_round['round']}", final)
+    if recipe.stall_guard_s is not None:
+        _set_stall_guard(final, recipe.stall_guard_s)
     trail["selected_round"] = best_round["round"]
     trail["wall_s"] = time.perf_counter() - t0
     trail["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -350,14 +356,26 @@ def _pool_sources(pool_dir: Path) -> list[tuple[Path, tuple[str, ...]]]:
     return [(Path(p), tuple(r)) for p, r in zip(manifest["sources"], manifest["source_roles"], strict=True)]
 
 
+def _set_stall_guard(checkpoint: Path, margin_s: float) -> None:
+    """Record in the checkpoint's config that its agent acts behind a stall guard."""
+    path = checkpoint / "policy_config.json"
+    config = json.loads(path.read_text())
+    config["stall_guard_s"] = float(margin_s)
+    path.write_text(json.dumps(config, indent=2))
+
+
 def evaluate_checkpoint(checkpoint: Path, kind: str, sets: list[str] | tuple[str, ...] = VALIDATION_SETS) -> dict:
-    """QoE of a checkpoint and of RobustMPC on each validation set, every trace and the report half."""
+    """QoE of a checkpoint (as its agent acts, and without its stall guard if it has one) and of RobustMPC
+    on each validation set, every trace and the report half."""
     model, config = _load_learned(checkpoint, kind)
     manifest = default_manifest()
+    policies = {"learned": learned_policy(model, config), "mpc": POLICIES["mpc"]}
+    if getattr(config, "stall_guard_s", None) is not None:
+        policies["unguarded"] = learned_policy(model, config, stall_guard_s="none")
     out: dict = {}
     for name in sets:
         traces = load_trace_set(name)
-        table = evaluate({"learned": learned_policy(model, config), "mpc": POLICIES["mpc"]}, traces, manifest)
+        table = evaluate(policies, traces, manifest)
         report = {t.name for t in split_half(traces, "report")}
         for part, rows in (("all", table), ("report", table[table["trace"].isin(report)])):
             by = rows.groupby("policy")
@@ -412,7 +430,7 @@ def write_model_card(checkpoint: Path, recipe: Recipe, trail: dict) -> Path:
     for key, values in ev.items():
         if key.endswith("decision_ms_p50"):
             continue
-        for policy in ("learned", "mpc"):
+        for policy in [p for p in ("learned", "unguarded", "mpc") if p in values["qoe"]]:
             lines.append(f"| {key.split('::')[0]} | {key.split('::')[1]} | {policy} | {values['qoe'][policy]:.3f} "
                          f"| {values['rebuffer_s'][policy]:.2f} | {values['bitrate_mbps'][policy]:.3f} "
                          f"| {values['switches'][policy]:.1f} |")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,11 +9,11 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from llm.inference import load_decider
+from agents.llm_agent import LlmPolicy
+from agents.protocol.control_points import AbrObservation
 from llm.shipped import default_checkpoint
 from testbed.runner import ServerSpec, free_port, run_config, with_agents
 from testbed.scenario import load_scenario
@@ -34,16 +33,21 @@ SCENARIO = {
 
 
 def _replayed(run_dir: Path) -> dict[str, list[float]]:
-    """What the shipped ABR policy decides, in process and one stream at a time, for each control point's
-    logged observations and rewards: the answer every path (agent, server, batch) must give."""
+    """What the shipped ABR policy (its stall guard included) decides, in process and one stream at a time,
+    for each control point's logged observations and rewards: the answer every path (agent, server, batch)
+    must give."""
     out = {}
     for path in sorted((run_dir / "agents").glob("*/decisions.parquet")):
         table = pd.read_parquet(path)
         acting = table[(table["role"] == "acting") & ~table["done"]]
-        fields = json.loads(pq.read_schema(path).metadata[b"obs_fields"])
-        decider = load_decider(default_checkpoint("abr"), device="cpu")
-        out[path.parent.name] = [float(decider.decide(dict(zip(fields, obs, strict=True)), reward))
-                                 for obs, reward in zip(acting["obs"], acting["reward"], strict=True)]
+        policy = LlmPolicy("abr", checkpoint=str(default_checkpoint("abr")), device="cpu")
+        policy.reset()
+        answers = []
+        for step, (obs, reward) in enumerate(zip(acting["obs"], acting["reward"], strict=True)):
+            if step:
+                policy.observe_reward(reward)
+            answers.append(float(policy.act(AbrObservation.from_vector(obs))))
+        out[path.parent.name] = answers
     return out
 
 

@@ -63,6 +63,21 @@ def test_a_shipped_abr_policy_plays_deterministically_and_follows_the_link(name)
     assert (slow[-20:] == 0).mean() >= 0.75
 
 
+def test_the_default_abr_policy_acts_behind_its_stall_guard():
+    """The shipped default lowers choices that would stall on a 3G-like link (levels of 0.3-4 Mbps held
+    5-20 s); ``stall_guard_s=none`` plays the bare model, which stalls there."""
+    manifest = default_manifest()
+    rng = np.random.default_rng(0)
+    holds_s, levels_mbps = rng.uniform(5, 20, 40), rng.uniform(0.3, 4.0, 40)
+    collapse = BandwidthTrace(np.concatenate([[0.0], np.cumsum(holds_s)[:-1]]), levels_mbps * 1e6, name="3g-like")
+    guarded = LlmPolicy("abr", device="cpu")
+    bare = LlmPolicy("abr", device="cpu", stall_guard_s="none")
+    assert guarded.guard is not None and guarded.guard.margin_s == 1.0 and bare.guard is None
+    with_guard, without = (run_session(p, collapse, manifest).video for p in (guarded, bare))
+    assert guarded.guard.lowered > 0
+    assert with_guard["rebuffer_s"].sum() < without["rebuffer_s"].sum()
+
+
 def test_the_abr_decider_reads_the_control_points_fields():
     decider = load_decider(default_checkpoint("abr"), device="cpu")
     manifest = default_manifest()

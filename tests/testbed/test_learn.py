@@ -36,7 +36,7 @@ def _recipe(tmp_path, **changes) -> Recipe:
 
 @pytest.mark.slow
 def test_a_recipe_runs_end_to_end_and_dagger_relabels_the_learner_states(tmp_path):
-    trail = learn(_recipe(tmp_path), tmp_path / "out", log=lambda _: None)
+    trail = learn(_recipe(tmp_path, stall_guard_s=1.0), tmp_path / "out", log=lambda _: None)
     out = tmp_path / "out"
     assert [r["round"] for r in trail["rounds"]] == [0, 1] and trail["rounds"][1]["dagger_files"] == 1
     # DAgger: the learner acted, the teacher shadowed; its rows are the teacher's actions on the learner's states
@@ -59,8 +59,11 @@ def test_a_recipe_runs_end_to_end_and_dagger_relabels_the_learner_states(tmp_pat
         assert (checkpoint / name).is_file()
     card = (checkpoint / "README.md").read_text()
     assert "## Results" in card and "mpc" in card and "Licence" in card
+    # it acts behind the recipe's stall guard, and its results show the bare model beside it
+    assert json.loads((checkpoint / "policy_config.json").read_text())["stall_guard_s"] == 1.0
+    assert "| unguarded |" in card
     results = trail["evaluation"]["traces::all"]
-    assert set(results["qoe"]) == {"learned", "mpc"} and results["qoe"]["mpc"] > 0
+    assert set(results["qoe"]) == {"learned", "unguarded", "mpc"} and results["qoe"]["mpc"] > 0
 
 
 def test_recipes_refuse_validation_data_and_unknown_teachers(tmp_path):
