@@ -12,8 +12,7 @@ DualPI2 / PIE <= 1.2; PI2 agent over the wire / in-queue DualPI2 <= 1.1 (one
 round trip every 16 ms of simulated time).
 
 The agent variants: ``pi2-agent`` acts at the state's instant (the simulation
-waits for every answer, polling its socket for up to 0.5 ms before it sleeps);
-``pi2-agent,sleep`` the same with the simulation sleeping at once; ``pi2-agent+Nms`` has a decision delay of N ms, so the
+waits for every answer); ``pi2-agent+Nms`` has a decision delay of N ms, so the
 simulation runs on while the agent decides and collects the answer N ms of
 simulated time later (emulation/decision_delay.py). Its results differ from
 the in-queue run's by that delay; the wait it leaves shows how much of the
@@ -29,8 +28,6 @@ import os
 import resource
 import statistics
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -58,21 +55,6 @@ def measure(queue: str, params: dict, duration_s: float, out: Path, aqm_agent: s
             "rtt_p50_us": control.get("round_trip_p50_us"), "ticks_skipped": control.get("ticks_skipped", 0)}
 
 
-@contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
-    """Set ``values`` in this process's environment (so in the simulations it starts) for the block."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=20.0)
@@ -80,7 +62,7 @@ def main() -> None:
     parser.add_argument("--delays", default="1,16", help="decision delays (ms) of the overlapped agent variants")
     args = parser.parse_args()
     variants = {"dualpi2": ("dualpi2", {}, None, "none"), "pie": ("pie", {"UseEcn": True}, None, "none"),
-                "pi2-agent": ("dualpi2", {}, "pi2", "none"), "pi2-agent,sleep": ("dualpi2", {}, "pi2", "none")}
+                "pi2-agent": ("dualpi2", {}, "pi2", "none")}
     for delay in filter(None, args.delays.split(",")):
         variants[f"pi2-agent+{float(delay):g}ms"] = ("dualpi2", {}, "pi2", float(delay))
     runs: dict[str, list[dict]] = {k: [] for k in variants}
@@ -88,11 +70,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):
             for name, (queue, params, agent, delay) in variants.items():  # interleaved: drift hits all
-                # ",sleep": the simulation blocks at once for each answer (no busy-poll, emulation/zmtp.py)
-                spin = {"TESTBED_WIRE_SPIN_US": "0"} if name.endswith(",sleep") else {}
-                with _environ(spin):
-                    runs[name].append(measure(queue, params, args.duration, Path(tmp) / f"{name}-{rep}", agent,
-                                              delay))
+                runs[name].append(measure(queue, params, args.duration, Path(tmp) / f"{name}-{rep}", agent, delay))
     load_after = os.getloadavg()
 
     def median(name: str, key: str) -> float:

@@ -18,7 +18,6 @@ with RFC 37's PING/PONG answered, should a peer turn on heartbeats.
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 import time
@@ -84,17 +83,11 @@ def parse_endpoint(endpoint: str) -> tuple[int, str | tuple[str, int]]:
     return socket.AF_INET, (host.removeprefix("[").removesuffix("]"), int(port))
 
 
-#: A receive's busy-poll before it sleeps: most agents answer within it (bench_wire, bench_aqm_overhead).
-SPIN_S = float(os.environ.get("TESTBED_WIRE_SPIN_US", "500")) / 1e6
-
-
 class ReqSocket:
     """One REQ connection to one REP peer: strictly alternating ``send`` and ``recv``, each with a time limit."""
 
-    def __init__(self, endpoint: str, identity: bytes = b"", spin_s: float | None = None):
+    def __init__(self, endpoint: str, identity: bytes = b""):
         self.endpoint = endpoint
-        #: how long a receive polls before it blocks (see :meth:`_spin`)
-        self.spin_s = SPIN_S if spin_s is None else spin_s
         self._hello = greeting(identity) + ready_req(identity)
         self._family, self._address = parse_endpoint(endpoint)
         self._sock: socket.socket | None = None
@@ -197,11 +190,9 @@ class ReqSocket:
         buf = self._buf
         while len(buf) < size:
             sock = self._require()
-            chunk = self._spin(sock)
-            if chunk is None:
-                self._set_timeout(deadline - time.monotonic())
+            self._set_timeout(deadline - time.monotonic())
             try:
-                chunk = sock.recv(65536) if chunk is None else chunk
+                chunk = sock.recv(65536)
             except BlockingIOError as exc:
                 raise ZmtpTimeout(f"no message from {self.endpoint} in time") from exc
             except ConnectionResetError as exc:
@@ -214,25 +205,6 @@ class ReqSocket:
         data = bytes(buf[:size])
         del buf[:size]
         return data
-
-    def _spin(self, sock: socket.socket) -> bytes | None:
-        """What arrives within ``spin_s``, polled without sleeping; None if nothing did.
-
-        A blocked receive costs a wake-up when the reply comes (tens to hundreds of microseconds in a
-        virtual machine, on top of a ~200 us exchange); the simulation has nothing else to do meanwhile, so
-        it polls its own core for a short while first, and sleeps only for a slow agent.
-        """
-        if self.spin_s <= 0:
-            return None
-        end = time.perf_counter() + self.spin_s
-        while True:
-            try:
-                return sock.recv(65536, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                if time.perf_counter() > end:
-                    return None
-            except OSError:
-                return None  # the blocking receive says what went wrong
 
     def _sendall(self, data: bytes, timeout_s: float) -> None:
         sock = self._require()
