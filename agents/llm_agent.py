@@ -212,8 +212,15 @@ class LlmPolicy:
         return self.guarded(obs, self.to_action(index))
 
     def guarded(self, obs: AqmObservation | AbrObservation, action: float | int) -> float | int:
-        """The action, lowered by the stall guard if there is one (ABR)."""
-        return action if self.guard is None else self.guard.limit(obs, action)
+        """The action, lowered by the stall guard if there is one (ABR); a lowered action becomes the model's
+        history (the quality played), as it is in training."""
+        if self.guard is None:
+            return action
+        limited = self.guard.limit(obs, action)
+        played = getattr(self.decider, "played", None)  # an MLP reads the last quality from the state alone
+        if limited != action and played is not None:
+            played(limited)
+        return limited
 
     def prepare(self) -> None:
         """Slide the model's window now if the next decision would (a slide's re-encoding is the tail of the

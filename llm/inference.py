@@ -209,6 +209,17 @@ class LlmDecider:
         self.latency_ms.append((time.perf_counter() - t0) * 1e3)
         return index
 
+    def played(self, index: int) -> None:
+        """Record the action really taken when it differs from the one decided (a stall guard lowered it):
+        the next step's action token is then what was played, as in every training episode."""
+        if self._prev_action is not None:
+            self._prev_action = torch.full_like(self._prev_action, int(index))
+
+    @property
+    def previous_action(self) -> int | None:
+        """The action token the next step will carry (None at an episode's start)."""
+        return None if self._prev_action is None else int(self._prev_action.item())
+
     def prepare(self) -> bool:
         """Work for the next decision that needs no state yet (the window's slide, see
         :meth:`llm.policy.DecisionSession.prepare`); call it once the answer is out. Returns whether it slid."""

@@ -78,6 +78,29 @@ def test_the_default_abr_policy_acts_behind_its_stall_guard():
     assert with_guard["rebuffer_s"].sum() < without["rebuffer_s"].sum()
 
 
+class _Watched(LlmPolicy):
+    """The shipped policy, noting after each decision what it played and what the model will read as its last
+    action."""
+
+    def act(self, obs):
+        quality = super().act(obs)
+        self.trail.append((quality, self.decider.previous_action))
+        return quality
+
+
+def test_a_lowered_choice_is_the_history_the_model_reads():
+    """Training episodes carry the qualities really played as action tokens; behind the guard, the quality
+    played (not the model's bolder choice) is what the next step sees."""
+    rng = np.random.default_rng(1)
+    holds_s, levels_mbps = rng.uniform(5, 20, 40), rng.uniform(0.3, 4.0, 40)
+    collapse = BandwidthTrace(np.concatenate([[0.0], np.cumsum(holds_s)[:-1]]), levels_mbps * 1e6, name="3g-like")
+    policy = _Watched("abr", device="cpu")
+    policy.trail = []
+    run_session(policy, collapse, default_manifest())
+    assert policy.guard.lowered > 0
+    assert all(played == token for played, token in policy.trail)
+
+
 def test_the_abr_decider_reads_the_control_points_fields():
     decider = load_decider(default_checkpoint("abr"), device="cpu")
     manifest = default_manifest()
