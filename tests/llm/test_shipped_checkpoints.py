@@ -5,6 +5,7 @@ direction of their answers on situations whose right answer is not in doubt."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from emulation.video import BandwidthTrace, default_manifest
 from llm.inference import load_decider
 from llm.shipped import DEFAULTS_FILE, default_checkpoint, shipped
 from testbed.chunksim import run_session
+from testbed.learn import Recipe
+from testbed.learn_aqm import AqmRecipe, recipe_task
 
 DEFAULTS = json.loads(DEFAULTS_FILE.read_text())
 
@@ -158,3 +161,14 @@ def test_the_aqm_policy_raises_p_prime_on_a_standing_queue_and_releases_it_on_an
     """In closed loop with its own answers (the p' in force is the last one), from p' = 0."""
     empty, standing = _episode(aqm_decider, [0.0] * 15), _episode(aqm_decider, [0.06] * 15)
     assert empty[-1] == 0 and standing[-1] >= 12  # p' of 0.09 or more against a 60 ms classic queue
+
+
+LLM_DIR = Path(__file__).resolve().parents[2] / "llm"
+
+
+@pytest.mark.parametrize("path", sorted([*LLM_DIR.glob("checkpoints/*/recipe.yaml"), *LLM_DIR.glob("recipes/*.yaml")]),
+                         ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_every_recipe_in_the_tree_is_valid(path):
+    """What `testbed learn` would read: a recipe beside each shipped checkpoint, and the comparisons' recipes."""
+    recipe = (AqmRecipe if recipe_task(path) == "aqm" else Recipe).load(path)
+    assert recipe.name == (path.parent.name if path.name == "recipe.yaml" else path.stem)
