@@ -21,7 +21,10 @@ plumbing, not decisions; else the policy shipped in the package for the task
 An ABR checkpoint may name a stall guard (``stall_guard_s`` in its config,
 :mod:`agents.abr.guard`): the agent then lowers a choice whose chunk would not
 arrive before the buffer runs dry. ``stall_guard_s=none`` (or a margin in
-seconds) overrides the checkpoint's setting.
+seconds) overrides the checkpoint's setting. An AQM checkpoint may name an idle
+guard (``idle_guard_utilisation``, :mod:`agents.aqm.guard`): p' then falls a grid
+step per tick while the queue is empty and the link under-used;
+``idle_guard=none`` (or a utilisation) overrides it.
 """
 
 from __future__ import annotations
@@ -69,17 +72,26 @@ def _backbone_dir(spec: str) -> Path:
     return Path(spec)
 
 
-def _stall_guard(control: str, decider, setting: float | str | None):
-    """The stall guard an ABR policy acts with: ``setting`` (a margin in s, or none), else the checkpoint's."""
+def _guard(control: str, decider, setting: float | str | None):
+    """The guard a policy acts with: ``setting`` (an ABR margin in s or an AQM utilisation, or none), else the
+    checkpoint's (``stall_guard_s`` for ABR, ``idle_guard_utilisation`` for AQM)."""
     from agents.abr.guard import StallGuard
+    from agents.aqm.guard import IdleGuard
 
+    key = "stall_guard_s" if control == "abr" else "idle_guard_utilisation"
     if setting is None:
-        setting = getattr(getattr(decider, "config", None), "stall_guard_s", None)
+        setting = getattr(getattr(decider, "config", None), key, None)
     if setting is None or str(setting).lower() in ("none", "off", ""):
         return None
-    if control != "abr":
-        raise ValueError(f"stall_guard_s is for ABR policies, not {control}")
-    return StallGuard(float(setting))
+    if control == "abr":
+        return StallGuard(float(setting))
+    return IdleGuard(_action_grid(decider), utilisation=float(setting))
+
+
+def _action_grid(decider) -> np.ndarray:
+    """The p' of each AQM action index of ``decider``."""
+    values = decider.action_values
+    return np.asarray(values if values is not None else aqm_action_grid(decider.n_actions), dtype=np.float64)
 
 
 class LlmPolicy:
@@ -99,6 +111,7 @@ class LlmPolicy:
         n_actions: int | None = None,
         decider=None,
         stall_guard_s: float | str | None = None,
+        idle_guard: float | str | None = None,
     ):
         from llm.inference import LlmDecider, load_decider
 
@@ -127,7 +140,11 @@ class LlmPolicy:
                                                     device=device, dtype=dtype)
             if self.decider.task != control:
                 raise ValueError(f"checkpoint {checkpoint} is an {self.decider.task} policy, not {control}")
-        self.guard = _stall_guard(control, self.decider, stall_guard_s)
+        if control == "aqm" and stall_guard_s is not None:
+            raise ValueError("stall_guard_s is for ABR policies, not aqm")
+        if control == "abr" and idle_guard is not None:
+            raise ValueError("idle_guard is for AQM policies, not abr")
+        self.guard = _guard(control, self.decider, stall_guard_s if control == "abr" else idle_guard)
         self.deadline_s = None if deadline_ms in (None, "", "none") else float(deadline_ms) / 1e3
         if self.deadline_s is not None and fallback is None:
             raise ValueError("a decision deadline needs a fallback policy (agents.registry builds it from fallback=NAME)")
@@ -164,9 +181,11 @@ class LlmPolicy:
     def fork(self) -> LlmPolicy:
         """A policy for another stream that shares this one's model (the policy server's streams)."""
         deadline_ms = None if self.deadline_s is None else self.deadline_s * 1e3
+        guard = "none" if self.guard is None else (
+            self.guard.margin_s if self.control == "abr" else self.guard.utilisation)
         return LlmPolicy(self.control, decider=self.decider.fork(), deadline_ms=deadline_ms,
                          fallback=copy.deepcopy(self.fallback),
-                         stall_guard_s="none" if self.guard is None else self.guard.margin_s)
+                         **{"stall_guard_s" if self.control == "abr" else "idle_guard": guard})
 
     @property
     def batchable(self) -> bool:
@@ -181,12 +200,24 @@ class LlmPolicy:
         return dict(zip(names, obs.to_vector().tolist(), strict=True))
 
     def to_action(self, index: int) -> float | int:
-        """The policy's answer for an action index: p' for AQM, the quality index for ABR."""
-        if self.control == "aqm":
-            values = self.decider.action_values
-            grid = values if values is not None else aqm_action_grid(self.decider.n_actions)
-            return float(np.asarray(grid)[index])
-        return int(index)
+        """The policy's answer for an action index: p' for AQM (the expected p' when the checkpoint decodes
+        so, see :meth:`llm.inference.LlmDecider.expected_p_prime`), the quality index for ABR."""
+        if self.control != "aqm":
+            return int(index)
+        if getattr(getattr(self.decider, "config", None), "decode", "argmax") != "expected":
+            return float(_action_grid(self.decider)[index])
+        p_prime = self.decider.expected_p_prime()
+        self._play_p_prime(p_prime, index)
+        return p_prime
+
+    def _play_p_prime(self, p_prime: float, decided: int) -> None:
+        """Make the grid index nearest the p' applied the next step's action token, if it is not ``decided``."""
+        from llm.features import p_prime_to_index
+
+        played = getattr(self.decider, "played", None)
+        index = int(p_prime_to_index(p_prime, _action_grid(self.decider)))
+        if played is not None and index != decided:
+            played(index)
 
     def act(self, obs: AqmObservation | AbrObservation) -> float | int:
         features = self.features(obs)
@@ -212,13 +243,16 @@ class LlmPolicy:
         return self.guarded(obs, self.to_action(index))
 
     def guarded(self, obs: AqmObservation | AbrObservation, action: float | int) -> float | int:
-        """The action, lowered by the stall guard if there is one (ABR); a lowered action becomes the model's
-        history (the quality played), as it is in training."""
+        """The action, lowered by the guard if there is one (ABR's stall guard, AQM's idle guard); a lowered
+        action becomes the model's history (the quality played, the p' applied), as it is in training."""
         if self.guard is None:
             return action
         limited = self.guard.limit(obs, action)
-        played = getattr(self.decider, "played", None)  # an MLP reads the last quality from the state alone
-        if limited != action and played is not None:
+        if limited == action:
+            return limited
+        if self.control == "aqm":
+            self._play_p_prime(limited, -1)
+        elif (played := getattr(self.decider, "played", None)) is not None:  # an MLP reads it from the state
             played(limited)
         return limited
 

@@ -35,9 +35,10 @@ SHIPPED = REPO / "llm" / "checkpoints" / "aqm-tiny"
 
 
 def checkpoint_label(path: Path) -> str:
-    """``llm-<dir>-<digest of its weights>``: a retrained checkpoint gets a new label (and new runs)."""
+    """``llm-<dir>-<digest of its weights and config>``: a retrained checkpoint, or one that decodes or is
+    guarded differently, gets a new label (and new runs)."""
     digest = hashlib.sha1()
-    for name in ("policy.safetensors", "adapter_model.safetensors"):
+    for name in ("policy.safetensors", "adapter_model.safetensors", "policy_config.json"):
         digest.update((path / name).read_bytes())
     return f"llm-{path.name}-{digest.hexdigest()[:8]}"
 

@@ -118,16 +118,18 @@ class LlmDecider:
         dtype: str | torch.dtype = "auto",
         keep_steps: int | None = None,
         merge_lora: bool = True,
-        greedy: bool = True,
+        greedy: bool | None = None,
         seed: int = 0,
     ) -> LlmDecider:
-        """Load a trained policy; LoRA is merged into the LM by default (same outputs, fewer matmuls)."""
+        """Load a trained policy; LoRA is merged into the LM by default (same outputs, fewer matmuls).
+        ``greedy`` None samples only if the checkpoint's config says so (``decode: sample``)."""
         torch_device, torch_dtype = resolve_device(device, dtype)
         policy, config = load_policy(path, device=torch_device, dtype=torch_dtype, merge_lora=merge_lora)
         if merge_lora and policy.decoder is not None:
             policy.decoder.fuse()  # the adapter is in the weights now: fuse them for inference
             policy.release_for_inference()
-        return cls(policy, config, keep_steps=keep_steps, greedy=greedy, seed=seed)
+        return cls(policy, config, keep_steps=keep_steps, greedy=config.decode != "sample" if greedy is None else greedy,
+                   seed=seed)
 
     @classmethod
     def untrained(
@@ -173,6 +175,7 @@ class LlmDecider:
         self._target = self.config.rewards.start_return
         self._step = 0
         self._prev_action: torch.Tensor | None = None
+        self._logits: torch.Tensor | None = None
 
     def _vector(self, obs: Mapping[str, float]) -> np.ndarray:
         try:
@@ -193,6 +196,7 @@ class LlmDecider:
         )
 
     def _choose(self, logits: torch.Tensor) -> int:
+        self._logits = logits
         if self.greedy:
             action = logits.argmax(-1)
         else:
@@ -208,6 +212,25 @@ class LlmDecider:
         index = self._choose(step_sessions([self._begin(obs, reward)])[0])
         self.latency_ms.append((time.perf_counter() - t0) * 1e3)
         return index
+
+    def expected_p_prime(self) -> float:
+        """AQM: the p' at the expected log p' of the last decision's distribution over the grid.
+
+        A teacher whose integrator crosses a grid step every few ticks looks, from the states the
+        model sees, like one that steps with some probability each tick; the argmax of that
+        distribution never steps (a standing queue is met with the p' in force, forever), while its
+        expectation moves by that probability's share of a step each tick, as the integrator does.
+        p' = 0 counts as one grid step below the smallest non-zero value; an expectation below half
+        a step under it is 0.
+        """
+        if self.action_values is None or self._logits is None:
+            raise RuntimeError("expected_p_prime needs an AQM decision first")
+        log_grid = np.log10(self.action_values[1:])
+        step = float(log_grid[1] - log_grid[0])
+        anchors = np.concatenate([[log_grid[0] - step], log_grid])
+        probs = self._logits.float().softmax(-1).reshape(-1).cpu().numpy()
+        expected = float(probs @ anchors)
+        return 0.0 if expected < log_grid[0] - step / 2 else min(10.0**expected, 1.0)
 
     def played(self, index: int) -> None:
         """Record the action really taken when it differs from the one decided (a stall guard lowered it):

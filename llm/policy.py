@@ -47,6 +47,10 @@ DEFAULT_CHANNELS = 256
 SERIES_KERNEL = 4
 
 
+#: How an agent turns the policy's action distribution into an action (``PolicyConfig.decode``).
+DECODES = ("argmax", "sample", "expected")
+
+
 @dataclass
 class PolicyConfig:
     """Everything besides weights needed to rebuild a policy and feed it: stored as policy_config.json."""
@@ -72,6 +76,18 @@ class PolicyConfig:
     training: dict = field(default_factory=dict)
     #: ABR: how the agent acts with it, the margin (s) of agents.abr.guard.StallGuard; None: unguarded
     stall_guard_s: float | None = None
+    #: AQM: how the agent acts with it, the utilisation below which agents.aqm.guard.IdleGuard lowers p' on an
+    #: empty queue; None: unguarded
+    idle_guard_utilisation: float | None = None
+    #: how the agent decodes actions: 'argmax'; 'sample' (from the policy's distribution, seeded); AQM also
+    #: 'expected' (the p' at the expected log p' of the distribution: a continuous answer between grid values)
+    decode: str = "argmax"
+
+    def __post_init__(self) -> None:
+        if self.decode not in DECODES:
+            raise ValueError(f"decode must be one of {DECODES}, got {self.decode!r}")
+        if self.decode == "expected" and self.task != "aqm":
+            raise ValueError("decode 'expected' averages p' values: it is for AQM policies")
 
     def to_dict(self) -> dict:
         data = asdict(self)

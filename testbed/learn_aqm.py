@@ -14,7 +14,8 @@
    every ``eval_every`` steps the candidate runs, packet level, on the validation mixes and is
    scored against DualPI2's frontier there (``testbed.aqm_frontier.score``: relative classic
    delay saved at equal utilisation, L p99 no worse). The best checkpoint is kept. Evaluation
-   mixes and seeds are never looked at here.
+   mixes and seeds are never looked at here. Candidates, DAgger learners and the shipped policy
+   all act as the recipe says (``decode``, ``idle_guard_utilisation``).
 4. **DAgger.** Each round the current policy acts on the training mixes (fresh seeds); the
    mix's teacher relabels every state the policy visited with its own answer from that state
    (PI2 stepping from the p' in force, ``follow_applied``); those labels join the pool and the
@@ -159,6 +160,12 @@ class AqmRecipe(_Strict):
     dagger: DaggerSpec = Field(default_factory=DaggerSpec)
     #: llm.train.TrainSettings fields (select_on is closed_loop)
     training: dict = Field(default_factory=dict)
+    #: how the policy acts, in selection, in DAgger rounds and as shipped (llm.policy.PolicyConfig.decode):
+    #: 'expected' applies the p' at the expected log p' of the action distribution (between grid values)
+    decode: Literal["argmax", "sample", "expected"] = "expected"
+    #: the idle guard it acts behind (agents.aqm.guard.IdleGuard: the utilisation below which an empty
+    #: queue lowers p'); None: no guard
+    idle_guard_utilisation: float | None = Field(None, gt=0, le=1)
     #: torch threads of the training process (the machine's cores are shared with the simulations)
     threads: int = Field(2, ge=1)
     #: simulations run at a time
@@ -205,6 +212,16 @@ class AqmRecipe(_Strict):
 
     def settings(self) -> RunSettings:
         return RunSettings(self.duration_s, self.warmup_s, dict(self.reward))
+
+    def acting(self) -> dict:
+        """The checkpoint config entries that say how the policy acts (set on every policy this recipe runs)."""
+        return {"decode": self.decode, "idle_guard_utilisation": self.idle_guard_utilisation}
+
+
+def set_acting(checkpoint: Path, recipe: AqmRecipe) -> None:
+    """Write how ``recipe``'s policy acts into a saved checkpoint's config."""
+    path = Path(checkpoint) / "policy_config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | recipe.acting(), indent=2))
 
 
 def frontier_cells(mixes: list[Mix], seeds: list[int], targets_ms: list[float]) -> list[Cell]:
@@ -333,7 +350,8 @@ class FrontierSelector:
         backbone = config.backbone
         if backbone != "default" and not Path(backbone).is_absolute():
             backbone = str((self.round_dir / backbone).resolve())
-        return save_checkpoint(policy, replace(config, backbone=backbone), self.work / f"candidate-{self.passes}")
+        return save_checkpoint(policy, replace(config, backbone=backbone, **self.recipe.acting()),
+                               self.work / f"candidate-{self.passes}")
 
     def evaluate(self, checkpoint: Path, name: str, run_dir: Path) -> dict:
         """Run ``checkpoint`` on the validation mixes; its placements and their mean score."""
@@ -437,6 +455,7 @@ def learn(recipe: AqmRecipe, out_dir: str | Path, store: str | Path | None = Non
         init = None if (round_ == 0 or recipe.dagger.from_scratch) else checkpoint
         summary = _train(recipe, pool_dir, round_dir, selector, log, init,
                          recipe.dagger.training if round_ > 0 else {})
+        set_acting(round_dir, recipe)  # the DAgger learner and the shipped policy act as selection saw them
         best = summary["best_validation"]
         trail["rounds"].append({"round": round_, "pool": str(pool_dir), "label_files": len(label_files),
                                 "best_validation": best, "steps": summary["optimizer_steps"],

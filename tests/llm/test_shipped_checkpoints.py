@@ -5,10 +5,12 @@ direction of their answers on situations whose right answer is not in doubt."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from agents.llm_agent import LlmPolicy
 from agents.protocol.control_points import AbrObservation, AqmObservation, aqm_action_grid
@@ -172,3 +174,44 @@ def test_every_recipe_in_the_tree_is_valid(path):
     """What `testbed learn` would read: a recipe beside each shipped checkpoint, and the comparisons' recipes."""
     recipe = (AqmRecipe if recipe_task(path) == "aqm" else Recipe).load(path)
     assert recipe.name == (path.parent.name if path.name == "recipe.yaml" else path.stem)
+
+
+def test_expected_decoding_moves_p_prime_by_the_share_of_a_step_the_policy_gives_it(aqm_decider):
+    """A teacher whose integrator crosses a grid step every few ticks looks, from the states the model sees,
+    like one that steps with some probability each tick: the argmax holds, the expected log p' moves by
+    that probability's share of a step."""
+    grid = aqm_action_grid(17)
+    step = np.log10(grid[2] / grid[1])
+    decider = load_decider(default_checkpoint("aqm"), device="cpu")
+    decider.decide(_aqm_obs(0.03, float(grid[9])), 0.9)
+
+    def expected(probs: dict[int, float]) -> float:
+        logits = torch.full((1, 17), -1e9)
+        for index, prob in probs.items():
+            logits[0, index] = np.log(prob)
+        decider._logits = logits
+        return decider.expected_p_prime()
+
+    assert expected({9: 1.0}) == pytest.approx(grid[9])
+    assert np.log10(expected({9: 0.8, 10: 0.2})) == pytest.approx(np.log10(grid[9]) + 0.2 * step)
+    assert np.log10(expected({9: 0.5, 8: 0.5})) == pytest.approx(np.log10(grid[9]) - 0.5 * step)
+    # p' = 0 sits one step below the smallest non-zero value; under half a step above it, p' is off
+    assert expected({0: 0.6, 1: 0.4}) == 0.0 and expected({0: 0.4, 1: 0.6}) == pytest.approx(10 ** (-4 - 0.4 * step))
+
+    # acting so, the policy reads the grid index nearest the p' applied as its last action
+    decider.config = replace(decider.config, decode="expected")
+    policy = LlmPolicy("aqm", decider=decider)
+    policy.reset()
+    p_prime = float(grid[9])
+    for _ in range(10):
+        p_prime = policy.act(AqmObservation(**_aqm_obs(0.03, p_prime, utilisation=1.0)))
+        nearest = int(np.abs(np.log10(grid[1:]) - np.log10(max(p_prime, 1e-9))).argmin()) + 1
+        assert decider.previous_action == (nearest if p_prime > 0 else 0)
+
+
+def test_expected_decoding_is_for_aqm_policies():
+    abr = load_decider(default_checkpoint("abr"), device="cpu")
+    with pytest.raises(ValueError, match="for AQM policies"):
+        replace(abr.config, decode="expected")
+    with pytest.raises(ValueError, match="decode must be one of"):
+        replace(abr.config, decode="beam")

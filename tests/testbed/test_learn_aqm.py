@@ -72,12 +72,17 @@ def test_recipe_learns_selects_and_ships_a_checkpoint(tmp_path):
     # The DAgger round's policy acted over the wire, every decision on the record.
     learner = pd.read_parquet(next((tmp_path / "out" / "dagger-1" / "runs").rglob("decisions.parquet")))
     assert set(learner["policy"]) == {"llm"} and len(learner) > 50
+    # ... acting as the recipe says: the p' at its distribution's expected log p', between grid values
+    applied = np.concatenate(learner.loc[learner["role"] == "acting", "action"].to_numpy())
+    assert recipe.decode == "expected" and not np.isin(applied, aqm_action_grid(17)).all()
 
     # The selected checkpoint stands alone (its tiny backbone inside) and decides p' on the grid.
     checkpoint = tmp_path / "out" / "checkpoint"
     decider = load_decider(checkpoint, device="cpu")
     obs = dict(zip(AqmObservation.field_names(), np.full(len(AqmObservation.field_names()), 0.01), strict=True))
     assert 0 <= decider.decide(obs, 0.0) < decider.n_actions == 17
+    config = json.loads((checkpoint / "policy_config.json").read_text())
+    assert {key: config[key] for key in recipe.acting()} == recipe.acting()
     stored = json.loads((tmp_path / "out" / "learn.json").read_text())
     assert stored["wall_s"] > 0 and stored["peak_rss_mib"] > 0
 
