@@ -4,11 +4,13 @@ For every evaluation mix of a recipe (held-out rates, RTTs and flow counts, held
 the in-queue DualPI2 runs at each PI2 target of the recipe: the frontier of (classic mean
 sojourn, utilisation, L p99). Each policy to place (the shipped LLM AQM policy, PIE, or any
 checkpoint) runs on the same mixes and seeds; its mean point is placed against the frontier
-(``testbed.aqm_frontier.place``: beyond / on / inside / outside, with margins). Also printed:
-the LLM's decision latency, in the runs and on ``--threads`` torch threads alone.
+(``testbed.aqm_frontier.place``: beyond / on / inside / outside, with margins), and each
+seed's run against that seed's own frontier (a paired verdict, free of seed-to-seed variation).
+Also printed: the LLM's decision latency, in the runs and on ``--threads`` torch threads alone.
 
     python -m benchmarks.bench_aqm_frontier [--recipe llm/checkpoints/aqm-tiny/recipe.yaml]
-        [--checkpoint DIR ...] [--classic pie] [--store runs/aqm-store] [--out runs/aqm-frontier]
+        [--checkpoint DIR ...] [--classic pie,pi2:target_ms=2:alpha_hz=0.32:beta_hz=6.4]
+        [--store runs/aqm-store] [--out runs/aqm-frontier]
 
 Runs are kept in the store (shared with ``testbed learn``) and reused when run again; an LLM
 run is keyed by a digest of its checkpoint's weights, so a retrained checkpoint runs afresh.
@@ -26,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.aqm_cells import Cell, CellResult, Controller, run_cells
+from testbed.aqm_cells import Cell, CellResult, Controller, parse_controller, run_cells
 from testbed.aqm_frontier import Frontier, mean_point, place
-from testbed.learn_aqm import AqmRecipe, frontier_cells, target_points
+from testbed.learn_aqm import AqmRecipe, frontier_cells, seed_frontiers, target_points
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "llm" / "checkpoints" / "aqm-tiny"
@@ -45,7 +47,7 @@ def checkpoint_label(path: Path) -> str:
 
 def policy_controllers(checkpoints: list[Path], classic: list[str]) -> list[Controller]:
     controllers = [Controller("llm", checkpoint=str(c.resolve()), name=checkpoint_label(c)) for c in checkpoints]
-    return controllers + [Controller(name) for name in classic]
+    return controllers + [parse_controller(spec) for spec in classic]
 
 
 def decision_latency(checkpoint: Path, decisions: Path, threads: int) -> dict:
@@ -112,7 +114,9 @@ def main() -> None:
                         help="recipe whose evaluation mixes, seeds, targets and run length are used")
     parser.add_argument("--checkpoint", type=Path, action="append", default=None,
                         help="LLM AQM checkpoint to place (repeatable; default: the shipped one)")
-    parser.add_argument("--classic", default="pie", help="classic agents to place too, comma-separated (pie, pi2)")
+    parser.add_argument("--classic", default="pie",
+                        help="classic agents to place too, comma-separated: pie, pi2, or KIND:FIELD=VALUE... "
+                             "(e.g. pi2:target_ms=2:alpha_hz=0.32:beta_hz=6.4)")
     parser.add_argument("--store", type=Path, default=Path("runs/aqm-store"), help="results store (resumed)")
     parser.add_argument("--out", type=Path, default=Path("runs/aqm-frontier"), help="plot and JSON")
     parser.add_argument("--jobs", type=int, default=None, help="simulations at a time (default: the recipe's)")
@@ -123,6 +127,10 @@ def main() -> None:
         raise SystemExit(f"{args.recipe}: no evaluation mixes")
     checkpoints = args.checkpoint if args.checkpoint is not None else ([SHIPPED] if (SHIPPED / "policy_config.json").exists() else [])
     classic = [c for c in args.classic.split(",") if c]
+    try:
+        controllers = policy_controllers(checkpoints, classic)
+    except ValueError as exc:
+        raise SystemExit(f"--classic: {exc}") from None
     jobs = args.jobs or recipe.jobs
     settings = recipe.settings()
     t0 = time.time()
@@ -133,7 +141,7 @@ def main() -> None:
         raise SystemExit(f"frontier run failed: {failed[0].run_dir}: {failed[0].error}")
     sweeps = target_points(front_results)
     fronts = {mix: Frontier.from_points(points) for mix, points in sweeps.items()}
-    controllers = policy_controllers(checkpoints, classic)
+    per_seed = seed_frontiers(front_results)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # several runs share the cores: one torch thread per agent
     policy_results = run_cells([Cell(m, c, s) for m in mixes for c in controllers for s in seeds], args.store,
                                settings, jobs)
@@ -151,6 +159,8 @@ def main() -> None:
             latency = [a.get("llm", {}).get("decision_ms_p50") for a in agents if "llm" in a]
             placed[m.name][c.label] = {
                 "seeds": [vars(r.point) for r in runs], "mean": vars(mean), "placement": placement.to_dict(),
+                "seed_placements": {r.cell.seed: place(r.point, per_seed[(m.name, r.cell.seed)]).to_dict()
+                                    for r in runs},
                 "decision_p50_ms_in_runs": float(np.mean(latency)) if latency else None,
             }
 
@@ -158,21 +168,25 @@ def main() -> None:
           f"({settings.warmup_s:g} s warm-up excluded), targets {recipe.frontier_targets_ms} ms")
     for m in mixes:
         print(f"\n{m.name}")
-        print(f"  {'controller':<34}{'C mean ms':>10}{'util %':>9}{'L p99 ms':>10}  verdict   delay margin ms  util margin %")
+        print(f"  {'controller':<34}{'C mean ms':>10}{'util %':>9}{'L p99 ms':>10}  verdict   delay margin ms  util margin %"
+              "  per seed (own seed's frontier)")
         for p in sorted(sweeps[m.name], key=lambda p: p.c_delay_ms):
             on_front = "frontier" if p in fronts[m.name].points else "dominated"
             print(f"  {p.label:<34}{p.c_delay_ms:>10.2f}{p.utilisation * 100:>9.2f}{p.l_p99_ms:>10.2f}  {on_front}")
         for label, entry in placed[m.name].items():
             mean, pl = entry["mean"], entry["placement"]
             util_margin = None if pl["util_margin"] is None else pl["util_margin"] * 100
+            seeds_said = ", ".join(f"{seed}: {sp['verdict']}" for seed, sp in entry["seed_placements"].items())
             print(f"  {label:<34}{mean['c_delay_ms']:>10.2f}{mean['utilisation'] * 100:>9.2f}{mean['l_p99_ms']:>10.2f}"
                   f"  {pl['verdict']:<8}  {_fmt(pl['delay_margin_ms']):>15}  {_fmt(util_margin):>13}"
-                  f"{'' if pl['l_p99_ok'] else '  (L p99 worse)'}")
+                  f"  {seeds_said}{'' if pl['l_p99_ok'] else '  (L p99 worse)'}")
     print()
     for c in controllers:
         verdicts = [placed[m.name][c.label]["placement"]["verdict"] for m in mixes if c.label in placed[m.name]]
+        paired = [sp["verdict"] for m in mixes if c.label in placed[m.name]
+                  for sp in placed[m.name][c.label]["seed_placements"].values()]
         print(f"{c.label}: beyond the frontier on {verdicts.count('beyond')} of {len(mixes)} held-out mixes "
-              f"({', '.join(verdicts)})")
+              f"({', '.join(verdicts)}); paired by seed, beyond in {paired.count('beyond')} of {len(paired)} runs")
     latency = {}
     for c, checkpoint in zip(controllers, checkpoints, strict=False):
         run = next(r for r in policy_results if r.cell.controller == c and r.status == "ok")

@@ -83,6 +83,23 @@ class Controller:
         return {}
 
 
+def parse_controller(text: str) -> Controller:
+    """A controller from ``kind[:field=value...]``, e.g. ``pie`` or ``pi2:target_ms=2:alpha_hz=0.32:beta_hz=6.4``."""
+    kind, *pairs = text.strip().split(":")
+    numeric = {"target_ms": float, "alpha_hz": float, "beta_hz": float, "p_prime": float, "grid": int}
+    fields: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in numeric | {"checkpoint": str, "name": str}:
+            raise ValueError(f"controller {text!r}: {pair!r} is not FIELD=VALUE with FIELD one of "
+                             f"{', '.join([*numeric, 'checkpoint', 'name'])}")
+        try:
+            fields[key] = numeric.get(key, str)(value)
+        except ValueError:
+            raise ValueError(f"controller {text!r}: {key} needs a number, got {value!r}") from None
+    return Controller(kind, **fields)
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """What every run of a store shares."""

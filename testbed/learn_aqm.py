@@ -50,7 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agents.aqm import Pi2Controller, PieController
 from agents.protocol.control_points import AqmObservation, aqm_action_grid
@@ -64,6 +64,10 @@ from testbed.aqm_mix import Mix, MixGrid, check_disjoint
 TUPDATE_S = 0.016
 #: RTTs below this are treated as this in the gain rule (the RFC sizes gains for the largest RTT expected).
 GAIN_RTT_FLOOR_MS = 20.0
+#: PI2 targets that draw DualPI2's frontier. Utilisation climbs steeply between 1 and 7 ms and the
+#: frontier joins its points by straight lines, which lie below that concave curve: with only 2 and 5 ms
+#: there, a point between them looked beyond a frontier that denser targets put it inside of.
+FRONTIER_TARGETS_MS = (1.0, 2.0, 3.0, 4.0, 5.0, 7.0, 10.0, 15.0, 20.0, 30.0)
 
 
 class _Strict(BaseModel):
@@ -90,31 +94,46 @@ class TeacherSpec(_Strict):
 
     policy: Literal["pi2", "pie"]
     target_ms: float | None = Field(None, gt=0)
-    #: 'default': Linux's alpha 0.16 Hz / beta 3.2 Hz; 'rtt': RFC 9332's rule for the mix's base RTT
-    #: (a privileged teacher: the learner never sees the RTT)
+    #: 'default': Linux's alpha 0.16 Hz / beta 3.2 Hz (or alpha_hz / beta_hz where given); 'rtt': RFC 9332's
+    #: rule for the mix's base RTT (a privileged teacher: the learner never sees the RTT)
     gains: Literal["default", "rtt"] = "default"
+    #: PI2 gains of every mix in place of Linux's (both or neither; not with gains: rtt)
+    alpha_hz: float | None = Field(None, gt=0)
+    beta_hz: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _gains_given_once(self) -> TeacherSpec:
+        if (self.alpha_hz is None) != (self.beta_hz is None):
+            raise ValueError("give both alpha_hz and beta_hz, or neither")
+        if self.alpha_hz is not None and (self.policy != "pi2" or self.gains == "rtt"):
+            raise ValueError("alpha_hz and beta_hz are a pi2 teacher's fixed gains (not with pie or gains: rtt)")
+        return self
 
     @property
     def label(self) -> str:
         name = self.policy + ("-rtt" if self.gains == "rtt" else "")
+        if self.alpha_hz is not None:
+            name += f"-a{self.alpha_hz:g}-b{self.beta_hz:g}"
         return name + (f"-{self.target_ms:g}ms" if self.target_ms is not None else "")
 
-    def controller(self, mix: Mix, grid: int) -> Controller:
-        """The teacher on ``mix``, its answers rounded to the learner's p' grid of ``grid`` values."""
+    def _gains(self, mix: Mix) -> dict:
+        if self.gains == "rtt":
+            return dict(zip(("alpha_hz", "beta_hz"), rtt_gains(mix.rtt_ms), strict=True))
+        return {"alpha_hz": self.alpha_hz, "beta_hz": self.beta_hz} if self.alpha_hz is not None else {}
+
+    def controller(self, mix: Mix, grid: int | None) -> Controller:
+        """The teacher on ``mix``, its answers rounded to the learner's p' grid of ``grid`` values (None: as given)."""
         if self.policy == "pie":
             return Controller("pie", grid=grid)
-        if self.gains == "rtt":
-            alpha, beta = rtt_gains(mix.rtt_ms)
-            return Controller("pi2", target_ms=self.target_ms, alpha_hz=alpha, beta_hz=beta, name="pi2-rtt", grid=grid)
-        return Controller("pi2", target_ms=self.target_ms, grid=grid)
+        name = "pi2-rtt" if self.gains == "rtt" else None
+        return Controller("pi2", target_ms=self.target_ms, **self._gains(mix), name=name, grid=grid)
 
     def expert(self, mix: Mix) -> Pi2Controller | PieController:
         """The teacher's controller on ``mix``, for relabelling (see :func:`relabel`)."""
         target = {"target_s": self.target_ms / 1e3} if self.target_ms is not None else {}
         if self.policy == "pie":
             return PieController(**target)
-        gains = dict(zip(("alpha_hz", "beta_hz"), rtt_gains(mix.rtt_ms), strict=True)) if self.gains == "rtt" else {}
-        return Pi2Controller(**target, **gains)
+        return Pi2Controller(**target, **self._gains(mix))
 
 
 class PoolSpec(_Strict):
@@ -153,8 +172,8 @@ class AqmRecipe(_Strict):
     #: held-out mixes and seeds results are reported on (benchmarks.bench_aqm_frontier); never used here
     evaluation: list[Mix] = Field(default_factory=list)
     evaluation_seeds: list[int] = Field(default_factory=lambda: [201, 202])
-    #: PI2 targets of DualPI2's frontier
-    frontier_targets_ms: list[float] = Field(default_factory=lambda: [2.0, 5.0, 10.0, 15.0, 20.0, 30.0], min_length=2)
+    #: PI2 targets of DualPI2's frontier: dense where utilisation climbs fastest (see FRONTIER_TARGETS_MS)
+    frontier_targets_ms: list[float] = Field(default_factory=lambda: list(FRONTIER_TARGETS_MS), min_length=2)
     teachers: list[TeacherSpec] = Field(min_length=1)
     pool: PoolSpec = Field(default_factory=PoolSpec)
     dagger: DaggerSpec = Field(default_factory=DaggerSpec)
@@ -240,6 +259,19 @@ def target_points(results: list[CellResult]) -> dict[str, list[AqmPoint]]:
 def frontiers(results: list[CellResult]) -> dict[str, Frontier]:
     """Per mix, DualPI2's frontier: the Pareto set of its targets' mean points."""
     return {mix: Frontier.from_points(points) for mix, points in target_points(results).items()}
+
+
+def seed_frontiers(results: list[CellResult]) -> dict[tuple[str, int], Frontier]:
+    """Per mix and seed, DualPI2's frontier of that seed's runs alone.
+
+    A policy's run placed against the frontier of its own seed (the same flow starts, video and UDP
+    draws) is a paired comparison: seed-to-seed variation, which moves whole frontiers by tenths of a
+    millisecond and of a percent, drops out of each seed's verdict.
+    """
+    by_seed: dict[tuple[str, int], list[AqmPoint]] = {}
+    for r in results:
+        by_seed.setdefault((r.cell.mix.name, r.cell.seed), []).append(r.point)
+    return {key: Frontier.from_points(points) for key, points in by_seed.items()}
 
 
 def _require_ok(results: list[CellResult], what: str) -> None:

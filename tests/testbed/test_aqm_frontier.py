@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 
 from emulation.config import SimulationConfig
+from testbed.aqm_cells import Cell, CellResult, Controller, parse_controller
 from testbed.aqm_frontier import AqmPoint, Frontier, mean_point, place, score
 from testbed.aqm_mix import Mix, MixGrid, check_disjoint, mix_scenario
+from testbed.learn_aqm import FRONTIER_TARGETS_MS, AqmRecipe, seed_frontiers
 
 
 def pt(delay_ms: float, util: float, l_p99_ms: float = 0.5, label: str = "") -> AqmPoint:
@@ -76,6 +78,60 @@ def test_a_saturated_frontier_is_one_point():
     assert place(pt(6, 0.998), front).verdict == "inside"
     assert place(pt(3, 0.98), front).verdict == "outside"
     assert score(pt(3, 0.997), front) == pytest.approx(0.4)
+
+
+def test_sparse_targets_draw_chords_under_a_concave_frontier():
+    """Utilisation climbs steeply over the first few ms of target and the frontier's segments lie under that
+    curve: a point on the curve between sparse targets looks beyond them, and denser targets say otherwise."""
+
+    def curve(delay_ms: float) -> AqmPoint:  # concave: 94 % at 1 ms, approaching 99.5 %
+        return pt(delay_ms, 0.995 - 0.055 * 2.0 ** (-(delay_ms - 1.0)))
+
+    between = pt(3.0, curve(3.0).utilisation - 0.002)  # a little below the curve at 3 ms
+    assert place(between, Frontier.from_points([curve(t) for t in (2.0, 5.0, 10.0)])).verdict == "beyond"
+    dense = Frontier.from_points([curve(t) for t in FRONTIER_TARGETS_MS])
+    assert place(between, dense).verdict in ("on", "inside")
+    assert min(FRONTIER_TARGETS_MS) <= 1.0 and sum(t <= 7.0 for t in FRONTIER_TARGETS_MS) >= 5
+    assert AqmRecipe.model_fields["frontier_targets_ms"].default_factory() == list(FRONTIER_TARGETS_MS)
+
+
+def _result(mix: Mix, target_ms: float, seed: int, delay_ms: float, util: float) -> CellResult:
+    summary = {"queues": {"C": {"count": 100, "mean_ms": delay_ms}, "L": {"count": 100, "p99_ms": 0.5}},
+               "utilisation": util}
+    return CellResult(Cell(mix, Controller("dualpi2", target_ms=target_ms), seed), None, "ok", None, summary, 0.0)
+
+
+def test_each_seed_has_its_own_frontier():
+    """Seed 2 moves the whole frontier down by half a percent: a run of seed 2 that is on its own seed's
+    frontier is inside the mean frontier, so the paired verdict reads it against its own."""
+    mix = Mix(rate_mbps=50, rtt_ms=40, l4s_flows=1, classic_flows=1)
+    results = [_result(mix, t, seed, t, u - shift) for seed, shift in ((1, 0.0), (2, 0.005))
+               for t, u in ((2.0, 0.96), (5.0, 0.98), (10.0, 0.99))]
+    fronts = seed_frontiers(results)
+    assert set(fronts) == {(mix.name, 1), (mix.name, 2)}
+    assert fronts[(mix.name, 2)].utils.tolist() == pytest.approx([0.955, 0.975, 0.985])
+    run = pt(5.0, 0.975)  # seed 2's run, on seed 2's frontier
+    assert place(run, fronts[(mix.name, 2)]).verdict == "on"
+    mean_front = Frontier.from_points([mean_point([r.point for r in results if r.cell.controller.target_ms == t])
+                                       for t in (2.0, 5.0, 10.0)])
+    assert place(run, mean_front).verdict == "inside"
+
+
+def test_controllers_parse_from_the_command_line():
+    fast = parse_controller("pi2:target_ms=2:alpha_hz=0.32:beta_hz=6.4")
+    assert fast == Controller("pi2", target_ms=2.0, alpha_hz=0.32, beta_hz=6.4)
+    assert fast.label == "pi2-a0.32-b6.4-2ms" and fast.agent_args() == {"target_s": 0.002, "alpha_hz": 0.32,
+                                                                         "beta_hz": 6.4}
+    assert parse_controller("pie") == Controller("pie")
+    assert parse_controller("pi2:grid=17").grid == 17
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        parse_controller("pi2:target=2")
+    with pytest.raises(ValueError, match="needs a number"):
+        parse_controller("pi2:target_ms=two")
+    with pytest.raises(ValueError, match="both PI2 gains"):
+        parse_controller("pi2:alpha_hz=0.3")
+    with pytest.raises(ValueError, match="controller kind"):
+        parse_controller("codel")
 
 
 def test_mean_point_and_summary_reading():

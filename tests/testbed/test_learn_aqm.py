@@ -4,6 +4,7 @@ DualPI2's frontier, a DAgger round relabelled by the mix's teacher, and the chec
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -128,3 +129,23 @@ def test_recipe_refuses_leaks_between_sets():
                 evaluation_seeds=[1]).check()
     with pytest.raises(ValueError, match="reward"):
         _recipe(reward={"c_dealy": 1.0}).check()
+
+
+
+def test_teachers_with_fixed_gains_act_with_them():
+    """A PI2 teacher with its own gains (beyond Linux's defaults) runs and relabels with those gains."""
+    fast = TeacherSpec(policy="pi2", target_ms=2, alpha_hz=0.32, beta_hz=6.4)
+    assert fast.label == "pi2-a0.32-b6.4-2ms"
+    assert fast.controller(MIX, 17) == Controller("pi2", target_ms=2, alpha_hz=0.32, beta_hz=6.4, grid=17)
+    # the same queue, 8 ms above the target and 2 ms longer than a tick ago: the fast expert steps twice as far
+    obs = AqmObservation.from_vector(np.zeros(len(AqmObservation.field_names())))
+    steps = []
+    for spec in (fast, TeacherSpec(policy="pi2", target_ms=2)):
+        expert = spec.expert(MIX)
+        expert.qdelay_prev_s = 0.008
+        steps.append(expert.act(replace(obs, qdelay_s=0.010)))
+    assert steps[0] == pytest.approx(2 * steps[1]) and steps[1] == pytest.approx(0.16 * 0.008 + 3.2 * 0.002)
+    with pytest.raises(ValueError, match="both alpha_hz and beta_hz"):
+        TeacherSpec(policy="pi2", target_ms=2, alpha_hz=0.32)
+    with pytest.raises(ValueError, match="fixed gains"):
+        TeacherSpec(policy="pi2", target_ms=2, gains="rtt", alpha_hz=0.32, beta_hz=6.4)
