@@ -129,6 +129,7 @@ def train_mlp(
     states = torch.from_numpy(flat["states"])
     actions = torch.from_numpy(flat["actions"])
     advantages = torch.from_numpy(flat["advantages"]) if s.objective == "action_values" else None
+    soft = torch.from_numpy(flat["soft"]) if "soft" in flat and advantages is None else None
     config = MlpConfig(pool.task, pool.n_actions, pool.features, s.hidden, s.layers, pool.manifest["action_values"])
     model = MlpPolicy(states.shape[1], pool.n_actions, s.hidden, s.layers).train()
     total_steps = max(1, math.ceil(s.epochs * len(states) / s.batch_size))
@@ -142,7 +143,8 @@ def train_mlp(
     while step < total_steps and misses < s.patience:
         for idx in torch.randperm(len(states), generator=generator).split(s.batch_size):
             valid = torch.ones(len(idx), dtype=torch.bool)
-            loss, _ = action_loss(model(states[idx]), actions[idx], valid, None if advantages is None else advantages[idx])
+            loss, _ = action_loss(model(states[idx]), actions[idx], valid, None if advantages is None else advantages[idx],
+                                  None if soft is None else soft[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

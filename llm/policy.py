@@ -335,6 +335,7 @@ class DecisionTransformerPolicy(nn.Module):
         mask: torch.Tensor,
         advantages: torch.Tensor | None = None,
         history_actions: torch.Tensor | None = None,
+        soft: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The training loss over unpadded steps and the greedy action accuracy (see :func:`action_loss`).
 
@@ -344,13 +345,13 @@ class DecisionTransformerPolicy(nn.Module):
         context = actions if history_actions is None else history_actions  # what was really done before t
         final, exits, exec_ratio = self.outputs(returns, states, context, timesteps)
         valid = mask.bool()
-        loss, accuracy = action_loss(final.float(), actions, valid, advantages)
+        loss, accuracy = action_loss(final.float(), actions, valid, advantages, soft)
         if exits:
             n_blocks = self.decoder.n_blocks
             weights = {e: e / n_blocks for e in exits} | {n_blocks: 1.0}
             total = weights[n_blocks] * loss
             for e, out in exits.items():
-                total = total + weights[e] * action_loss(out.float(), actions, valid, advantages)[0]
+                total = total + weights[e] * action_loss(out.float(), actions, valid, advantages, soft)[0]
             loss = total / sum(weights.values())
         if exec_ratio is not None:
             loss = loss + self.levers.gate_weight * (exec_ratio - self.levers.gate_target).abs().mean()
@@ -358,9 +359,11 @@ class DecisionTransformerPolicy(nn.Module):
 
 
 def action_loss(
-    outputs: torch.Tensor, actions: torch.Tensor, valid: torch.Tensor, advantages: torch.Tensor | None = None
+    outputs: torch.Tensor, actions: torch.Tensor, valid: torch.Tensor, advantages: torch.Tensor | None = None,
+    soft: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Imitation (cross-entropy to the logged action) or, with ``advantages``, action-value regression.
+    """Imitation (cross-entropy to the logged action, or to its ``soft`` label weights) or, with
+    ``advantages``, action-value regression.
 
     Action-value regression fits each output to the teacher's advantage of that action (its value
     minus the best action's, with the future known) by mean squared error, on the steps that carry
@@ -369,7 +372,7 @@ def action_loss(
     copies its boldness without its foresight. Accuracy is agreement with the logged action.
     """
     if advantages is None:
-        loss = F.cross_entropy(outputs[valid], actions[valid])
+        loss = F.cross_entropy(outputs[valid], actions[valid] if soft is None else soft[valid].float())
     else:
         rows = valid & ~torch.isnan(advantages).any(-1)
         if not rows.any():  # a batch of steps without teacher values (the pool is checked to have some)

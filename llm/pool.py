@@ -12,7 +12,9 @@ Reading a decisions file (columns and metadata as documented for the run directo
   episode of n rows gives n - 1 transitions and the final row supplies the last reward (its
   own action, if any, never got one);
 * actions: ABR ``action[0]`` is the quality index; AQM ``action[0]`` is the p' applied,
-  mapped to the nearest index of the p' grid in log terms;
+  mapped to the nearest index of the p' grid in log terms; where a p' lies between grid values
+  (a continuous teacher), the episode also keeps its two-hot weights on the neighbouring values
+  (``soft``: imitation learns those, so the expected log p' of the policy reproduces the p');
 * action values: a teacher that scores every action (the clairvoyant ABR planner) leaves them
   in the row's info JSON as ``action_scores``; they become the episode's ``targets`` (NaN where
   a row has none), which a learner can regress instead of imitating the chosen action.
@@ -42,6 +44,7 @@ from llm.features import (
     feature_spec,
     p_prime_grid,
     p_prime_to_index,
+    p_prime_two_hot,
 )
 
 STEPS_FILE = "steps.parquet"
@@ -65,6 +68,8 @@ class Episode:
     #: the actions really taken, where they differ from ``actions`` (a shadow's relabels of another policy's
     #: run): what a sequence model sees in its history, while ``actions``/``targets`` are what it learns
     taken: np.ndarray | None = None
+    #: (T, n_actions) label weights where an AQM p' lies between grid values (two-hot in log p'); None: one-hot
+    soft: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -75,6 +80,10 @@ class Episode:
 
     def target_rows(self, n_actions: int) -> np.ndarray:
         return self.targets if self.targets is not None else np.full((len(self), n_actions), np.nan)
+
+    def label_rows(self, n_actions: int) -> np.ndarray:
+        """The imitation label of each step as weights over the actions (one-hot where no ``soft`` labels)."""
+        return self.soft if self.soft is not None else np.eye(n_actions)[self.actions]
 
 
 @dataclass
@@ -124,7 +133,8 @@ class Pool:
         ``episode_start`` / ``episode_end`` (N,), the index range of each step's episode,
         ``history_actions`` (N,) the actions really taken (the sequence model's context), and
         ``advantages`` (N, n_actions): each action's value minus the best one's, in scaled reward
-        units and clipped at the reward floor (NaN rows where the teacher gave no values).
+        units and clipped at the reward floor (NaN rows where the teacher gave no values), and, where
+        an episode has two-hot labels, ``soft`` (N, n_actions): every step's label weights.
         """
         states, actions, history, returns, timesteps, starts, ends, advantages = [], [], [], [], [], [], [], []
         offset = 0
@@ -142,7 +152,10 @@ class Pool:
                 advantage = (values - values.max(axis=1, keepdims=True)) / rewards.scale
             advantages.append(np.maximum(advantage, rewards.floor / rewards.scale).astype(np.float32))
             offset += n
-        return {
+        soft = {}
+        if any(ep.soft is not None for ep in self.episodes):
+            soft["soft"] = np.concatenate([ep.label_rows(self.n_actions) for ep in self.episodes]).astype(np.float32)
+        return soft | {
             "states": np.concatenate(states),
             "actions": np.concatenate(actions),
             "history_actions": np.concatenate(history),
@@ -246,6 +259,9 @@ def read_decisions(
             if np.any(~np.isfinite(acts)):
                 raise ValueError(f"{path}: missing or non-finite action in control point {control_point[ep_rows[0]]!r}")
             indices = _action_indices(acts, task, grid, n_actions, path)
+            soft = p_prime_two_hot(acts, grid) if task == "aqm" else None
+            if soft is not None and np.allclose(soft.max(axis=1), 1.0):  # every p' on the grid: one-hot
+                soft = None
             taken = None
             if group_role == "shadow":  # the acting policy's actions at the same steps: what really happened
                 acting = acting_action.get(str(control_point[ep_rows[0]]), {})
@@ -263,6 +279,7 @@ def read_decisions(
                     role=group_role,
                     targets=_action_scores([infos[i] for i in ep_rows[:-1]], n_actions or AQM_N_ACTIONS, path),
                     taken=taken,
+                    soft=soft,
                 )
             )
     return obs_fields, episodes, skipped
@@ -294,8 +311,8 @@ def _action_scores(infos: list[str | None], n_actions: int, path: Path) -> np.nd
 
 
 def _episodes_table(episodes: list[Episode]) -> pa.Table:
-    keys = ("episode", "step", "obs", "action", "taken", "reward", "targets", "source", "control_point", "policy",
-            "role")
+    keys = ("episode", "step", "obs", "action", "taken", "reward", "targets", "soft", "source", "control_point",
+            "policy", "role")
     rows = {k: [] for k in keys}
     for i, ep in enumerate(episodes):
         n = len(ep)
@@ -306,6 +323,7 @@ def _episodes_table(episodes: list[Episode]) -> pa.Table:
         rows["taken"] += ep.history_actions.tolist()
         rows["reward"] += ep.rewards.tolist()
         rows["targets"] += ep.targets.tolist() if ep.targets is not None else [[]] * n
+        rows["soft"] += ep.soft.tolist() if ep.soft is not None else [[]] * n
         for key in ("source", "control_point", "policy", "role"):
             rows[key] += [getattr(ep, key)] * n
     return pa.table(
@@ -317,6 +335,7 @@ def _episodes_table(episodes: list[Episode]) -> pa.Table:
             "taken": pa.array(rows["taken"], pa.int32()),
             "reward": pa.array(rows["reward"], pa.float64()),
             "targets": pa.array(rows["targets"], pa.list_(pa.float64())),
+            "soft": pa.array(rows["soft"], pa.list_(pa.float64())),
             "source": pa.array(rows["source"], pa.string()),
             "control_point": pa.array(rows["control_point"], pa.string()),
             "policy": pa.array(rows["policy"], pa.string()),
@@ -431,6 +450,7 @@ def load_pool(pool_dir: str | Path) -> Pool:
     reward = table.column("reward").to_numpy()
     text = {k: table.column(k).to_pylist() for k in ("source", "control_point", "policy", "role")}
     targets = table.column("targets").to_pylist()
+    soft = table.column("soft").to_pylist() if "soft" in table.column_names else [[]] * len(episode)
     bounds = np.flatnonzero(np.diff(episode)) + 1
     episodes = []
     for rows in np.split(np.arange(len(episode)), bounds):
@@ -446,12 +466,13 @@ def load_pool(pool_dir: str | Path) -> Pool:
                 role=text["role"][i],
                 targets=_stored_targets([targets[r] for r in rows], int(manifest["n_actions"])),
                 taken=None if np.array_equal(taken[rows], action[rows]) else taken[rows],
+                soft=_stored_targets([soft[r] for r in rows], int(manifest["n_actions"]), fill=0.0),
             )
         )
     return Pool(manifest, episodes)
 
 
-def _stored_targets(rows: list[list[float]], n_actions: int) -> np.ndarray | None:
+def _stored_targets(rows: list[list[float]], n_actions: int, fill: float = np.nan) -> np.ndarray | None:
     if not any(rows):
         return None
-    return np.array([r if r else [np.nan] * n_actions for r in rows], dtype=np.float64)
+    return np.array([r if r else [fill] * n_actions for r in rows], dtype=np.float64)

@@ -230,6 +230,8 @@ def window_batch(
     }
     if objective == "action_values":
         batch["advantages"] = data["advantages"][idx]
+    elif "soft" in data:  # imitation of two-hot labels (continuous p' between grid values)
+        batch["soft"] = data["soft"][idx]
     return batch
 
 

@@ -141,6 +141,10 @@ class PoolSpec(_Strict):
     keep_best: int | None = Field(1, ge=1)
     n_actions: int = Field(17, ge=2)
     history_ticks: int = Field(8, ge=1)
+    #: 'grid': teachers act on the learner's p' grid and label with grid values; 'continuous': teachers act
+    #: and relabel with their own p', which the policy learns as two-hot weights on the neighbouring grid
+    #: values (llm.features.p_prime_two_hot), so its expected log p' can reproduce a continuous controller
+    labels: Literal["grid", "continuous"] = "grid"
 
 
 class DaggerSpec(_Strict):
@@ -307,12 +311,14 @@ def _write_rows(rows: list[dict], schema: pa.Schema, out: Path) -> Path:
     return out
 
 
-def grid_actions_as_p_prime(decisions: Path, n_actions: int, out: Path) -> Path:
-    """A discrete control point's decisions (actions are grid indices) with each action as the p' applied."""
-    grid = aqm_action_grid(n_actions)
+def grid_actions_as_p_prime(decisions: Path, n_actions: int | None, out: Path) -> Path:
+    """A run's acting decisions with each action as the p' applied: a discrete control point's grid indices
+    become their grid values (``n_actions`` its grid size; None: the actions are p' already)."""
     rows, schema = _acting_rows(decisions)
-    for row in rows:
-        row["action"] = [float(grid[int(a)]) for a in row["action"]]
+    if n_actions is not None:
+        grid = aqm_action_grid(n_actions)
+        for row in rows:
+            row["action"] = [float(grid[int(a)]) for a in row["action"]]
     return _write_rows(rows, schema, out)
 
 
@@ -327,13 +333,15 @@ def _set_integrator(expert: Pi2Controller | PieController, p_prime: float) -> No
         expert.drop_prob = p_prime**2
 
 
-def relabel(decisions: Path, expert: Pi2Controller | PieController, label: str, n_actions: int, out: Path) -> Path:
+def relabel(decisions: Path, expert: Pi2Controller | PieController, label: str, n_actions: int, out: Path,
+            continuous: bool = False) -> Path:
     """The acting rows of ``decisions`` as ``shadow`` rows whose actions are ``expert``'s from each state.
 
-    The expert acts on the same p' grid as the learner, keeping its own continuous integrator
-    between ticks (the memory that makes a quantised PI2 step once its error has added up to a
-    grid step) but moving it to the p' in force whenever the learner applied another grid value
-    than the integrator rounds to: its answer is then PI2's update from the learner's state.
+    On the grid, the expert acts on the same p' grid as the learner, keeping its own continuous
+    integrator between ticks (the memory that makes a quantised PI2 step once its error has added
+    up to a grid step) but moving it to the p' in force whenever the learner applied another grid
+    value than the integrator rounds to: its answer is then PI2's update from the learner's state.
+    ``continuous``: the integrator starts every tick from the p' in force and the label is its own p'.
     """
     grid = aqm_action_grid(n_actions)
     rows, schema = _acting_rows(decisions)
@@ -341,9 +349,10 @@ def relabel(decisions: Path, expert: Pi2Controller | PieController, label: str, 
         if row["step"] == 0:
             expert.reset()
         obs = AqmObservation.from_vector(row["obs"])
-        if aqm_grid_index(_integrator(expert), n_actions) != aqm_grid_index(obs.p_prime, n_actions):
+        if continuous or aqm_grid_index(_integrator(expert), n_actions) != aqm_grid_index(obs.p_prime, n_actions):
             _set_integrator(expert, obs.p_prime)
-        row["action"] = [float(grid[aqm_grid_index(expert.act(obs), n_actions)])]
+        p_prime = expert.act(obs)
+        row["action"] = [float(p_prime if continuous else grid[aqm_grid_index(p_prime, n_actions)])]
         row["policy"], row["role"] = label, "shadow"
     return _write_rows(rows, schema, out)
 
@@ -444,7 +453,9 @@ def learn(recipe: AqmRecipe, out_dir: str | Path, store: str | Path | None = Non
     log(f"[{recipe.name}] {len(mixes)} training mixes x seeds {recipe.train_seeds}; "
         f"teachers {[t.label for t in recipe.teachers]}")
     n_actions = recipe.pool.n_actions
-    teacher_cells = {(m.name, s, t.label): Cell(m, t.controller(m, n_actions), s)
+    continuous = recipe.pool.labels == "continuous"
+    teacher_grid = None if continuous else n_actions
+    teacher_cells = {(m.name, s, t.label): Cell(m, t.controller(m, teacher_grid), s)
                      for m in mixes for s in recipe.train_seeds for t in recipe.teachers}
     results = run_cells(list(teacher_cells.values()), store, settings, recipe.jobs, log=log)
     _require_ok(results, "teacher")
@@ -454,7 +465,7 @@ def learn(recipe: AqmRecipe, out_dir: str | Path, store: str | Path | None = Non
     mix_teacher = {m.name: Counter(teacher_of_cell[runs[0].cell].label for (name, _), runs in chosen.items()
                                    if name == m.name).most_common(1)[0][0] for m in mixes}
     teacher_of = {t.label: t for t in recipe.teachers}
-    demos = [grid_actions_as_p_prime(r.decisions, n_actions, out / "demonstrations" /
+    demos = [grid_actions_as_p_prime(r.decisions, teacher_grid, out / "demonstrations" /
                                      f"{r.cell.mix.name}-{teacher_of_cell[r.cell].label}-{r.cell.seed}.parquet")
              for runs in chosen.values() for r in runs]
     trail: dict = {"recipe": recipe.name, "training_mixes": [m.name for m in mixes],
@@ -479,7 +490,7 @@ def learn(recipe: AqmRecipe, out_dir: str | Path, store: str | Path | None = Non
             for r in runs:
                 label = mix_teacher[r.cell.mix.name]
                 label_files.append(relabel(r.decisions, teacher_of[label].expert(r.cell.mix), label, n_actions,
-                                           dagger_dir / "labels" / f"{r.cell.mix.name}.parquet"))
+                                           dagger_dir / "labels" / f"{r.cell.mix.name}.parquet", continuous))
         pool_dir = out / f"pool-{round_}"
         build_pool([*demos, *((f, ("shadow",)) for f in label_files)], pool_dir, "aqm",
                    n_actions=recipe.pool.n_actions, history_ticks=recipe.pool.history_ticks)

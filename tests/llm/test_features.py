@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from agents.protocol.control_points import AbrObservation, AqmObservation, aqm_action_grid
-from llm.features import FEATURE_CLIP, FeatureSpec, RewardScale, feature_spec, p_prime_grid, p_prime_to_index
+from llm.features import (
+    FEATURE_CLIP,
+    FeatureSpec,
+    RewardScale,
+    feature_spec,
+    p_prime_grid,
+    p_prime_to_index,
+    p_prime_two_hot,
+)
 from tests.llm.synthetic import BITRATES_BPS, N_LEVELS, abr_fields, aqm_fields
 
 
@@ -144,3 +152,21 @@ def test_returns_keep_good_and_bad_episodes_apart():
     lo, hi = pool.min(), pool.max()
     minmax = [((r - lo) / (hi - lo)).sum() for r in (good, bad)]
     assert (minmax[0] - minmax[1]) / minmax[0] < 0.05 < spread
+
+
+def test_two_hot_labels_keep_a_continuous_p_prime_in_their_expected_log():
+    """Weights on the two neighbouring grid values whose expected log p' is log p' (p' = 0 one step below
+    the smallest value, as the expected decoding counts it); grid values and 0 are one-hot."""
+    grid = p_prime_grid(17)
+    log_grid = np.log10(grid[1:])
+    anchors = np.concatenate([[log_grid[0] - (log_grid[1] - log_grid[0])], log_grid])
+    p = np.array([0.05, 0.3, 2e-4, 0.99, 7e-5])
+    w = p_prime_two_hot(p, grid)
+    assert w.shape == (5, 17) and np.allclose(w.sum(axis=1), 1.0) and (w >= 0).all()
+    assert ((w > 0).sum(axis=1) == 2).all()
+    np.testing.assert_allclose(w @ anchors, np.log10(p))
+    assert (np.abs(np.argmax(w, axis=1) - p_prime_to_index(p, grid)) == 0).all()  # the heavier is the nearest
+    np.testing.assert_array_equal(p_prime_two_hot(grid, grid), np.eye(17))
+    assert p_prime_two_hot(1e-9, grid)[0] == 1.0
+    with pytest.raises(ValueError, match="p' values in"):
+        p_prime_two_hot(1.5, grid)

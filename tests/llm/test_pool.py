@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from llm.features import RewardScale, p_prime_grid, p_prime_to_index
+from llm.features import RewardScale, p_prime_grid, p_prime_to_index, p_prime_two_hot
 from llm.pool import MANIFEST_FILE, STEPS_FILE, build_pool, load_pool
 from tests.llm.synthetic import abr_fields, abr_rows, aqm_fields, aqm_rows, expert_quality, write_decisions
 
@@ -88,6 +88,28 @@ def test_aqm_pool_maps_p_prime_to_grid_indices(tmp_path):
     # to -1, and what is left to go rises toward 0 as the penalties are collected
     assert flat["returns"][0] == pytest.approx(-1.0)
     assert np.all(np.diff(flat["returns"]) >= -1e-7)
+
+
+def test_aqm_pool_keeps_two_hot_labels_of_a_continuous_controller(tmp_path):
+    """p' between grid values keeps its two-hot weights (stored, reloaded, flattened for training);
+    a controller on the grid gets none, and a pool mixing the two is one-hot where the p' was on the grid."""
+    grid = p_prime_grid(17)
+    rows = aqm_rows(30, seed=3)
+    continuous = write_decisions(tmp_path / "c.parquet", "aqm", aqm_fields(), rows, acting="pi2")
+    on_grid_rows = [r | {"action": [float(grid[p_prime_to_index(r["action"][0], grid)])]} for r in aqm_rows(20, seed=4)]
+    on_grid = write_decisions(tmp_path / "g.parquet", "aqm", aqm_fields(), on_grid_rows, acting="pi2")
+    pool = build_pool([continuous, on_grid], tmp_path / "pool", "aqm")
+    soft, hard = pool.episodes
+    np.testing.assert_allclose(soft.soft, p_prime_two_hot(np.array([r["action"][0] for r in rows[:-1]]), grid))
+    assert hard.soft is None
+    reloaded = load_pool(tmp_path / "pool")
+    np.testing.assert_allclose(reloaded.episodes[0].soft, soft.soft)
+    assert reloaded.episodes[1].soft is None
+    flat = reloaded.flat(reloaded.features, reloaded.rewards, max_timestep=10)
+    np.testing.assert_allclose(flat["soft"][:29], soft.soft, rtol=1e-6)
+    np.testing.assert_array_equal(flat["soft"][29:], np.eye(17)[hard.actions])
+    assert "soft" not in build_pool([on_grid], tmp_path / "grid-only", "aqm").flat(
+        pool.features, pool.rewards, max_timestep=10)
 
 
 def test_pool_refuses_mixed_or_wrong_inputs(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import torch
 
 from llm.__main__ import main
@@ -21,7 +22,7 @@ from llm.train import (
     save_checkpoint,
     window_batch,
 )
-from tests.llm.synthetic import abr_fields, abr_rows, write_decisions
+from tests.llm.synthetic import abr_fields, abr_rows, aqm_fields, aqm_rows, write_decisions
 
 
 def test_training_reduces_the_loss_and_keeps_the_best_checkpoint(trained_checkpoint):
@@ -127,3 +128,33 @@ def test_levers_train_and_a_distilled_concurrent_group_reloads(tmp_path, abr_poo
     decider = LlmDecider.from_checkpoint(tmp_path / "cqil", device="cpu")
     obs = dict(zip(abr_fields(), abr_rows(3, seed=1)[0]["obs"].tolist(), strict=True))
     assert 0 <= decider.decide(obs, 0.0) < 4
+
+
+def test_two_hot_labels_teach_the_expected_p_prime_a_value_between_grid_steps(tmp_path, tiny_backbone):
+    """A controller holding p' 40 % of a grid step above grid value 11 (0.059 between 0.046 and 0.086):
+    learnt from its two-hot labels, the policy's expected p' is that p'; learnt from the nearest grid
+    index, it is index 11's 0.046, a tenth of a decade lower."""
+    from agents.protocol.control_points import AqmObservation
+    from llm.features import p_prime_grid
+    from llm.inference import load_decider
+    from llm.pool import build_pool
+
+    grid = p_prime_grid(17)
+    step = np.log10(grid[12] / grid[11])
+    between = float(grid[11] * 10 ** (0.4 * step))
+    settings = TrainSettings(epochs=50, batch_size=8, lr=3e-3, warmup_fraction=0.1, window=4, stride=2, channels=16,
+                             eval_every=1000, max_steps=60, val_fraction=0.0, lora=LoraSettings(rank=4, alpha=8))
+    expected = {}
+    for name, p_prime in {"continuous": between, "grid": float(grid[11])}.items():
+        files = [write_decisions(tmp_path / f"{name}{i}.parquet", "aqm", aqm_fields(),
+                                 [r | {"action": [p_prime]} for r in aqm_rows(24, seed=i)], acting="pi2")
+                 for i in range(4)]
+        pool = build_pool(files, tmp_path / f"pool-{name}", "aqm")
+        assert (pool.episodes[0].soft is None) == (name == "grid")
+        adapt(tmp_path / f"pool-{name}", tmp_path / name, backbone=str(tiny_backbone("llama")), settings=settings)
+        decider = load_decider(tmp_path / name, device="cpu")
+        obs = aqm_rows(1, seed=9)[0]["obs"]
+        decider.decide(dict(zip(AqmObservation.field_names(), obs, strict=True)), 0.0)
+        expected[name] = np.log10(decider.expected_p_prime())
+    assert abs(expected["continuous"] - np.log10(between)) < 0.1 * step
+    assert abs(expected["grid"] - np.log10(grid[11])) < 0.1 * step

@@ -44,9 +44,10 @@ def _recipe(**update) -> AqmRecipe:
     return AqmRecipe.model_validate({**data, **update})
 
 
-def test_recipe_learns_selects_and_ships_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("labels", ["grid", "continuous"])
+def test_recipe_learns_selects_and_ships_a_checkpoint(tmp_path, labels):
     torch.set_num_threads(1)
-    recipe = _recipe()
+    recipe = _recipe(pool={"keep_best": 1, "history_ticks": 4, "labels": labels})
     lines: list[str] = []
     trail = learn(recipe, tmp_path / "out", log=lines.append)
 
@@ -69,6 +70,9 @@ def test_recipe_learns_selects_and_ships_a_checkpoint(tmp_path):
     roles = {(e.policy, e.role) for e in pool.episodes}
     assert roles == {("pi2", "acting"), (teacher, "shadow")}
     assert trail["rounds"][1]["label_files"] == 1
+    # grid labels: the teachers acted on the learner's grid; continuous: their own p', kept as two-hot weights
+    assert all(e.soft is not None for e in pool.episodes) == (labels == "continuous")
+    assert all(e.soft is None for e in pool.episodes) == (labels == "grid")
 
     # The DAgger round's policy acted over the wire, every decision on the record.
     learner = pd.read_parquet(next((tmp_path / "out" / "dagger-1" / "runs").rglob("decisions.parquet")))
@@ -117,6 +121,16 @@ def test_relabel_writes_the_teachers_answer_from_the_learners_states(tmp_path):
     own = [aqm_grid_index(drifting.act(AqmObservation.from_vector(o)), 17) for o in acting["obs"]]
     assert max(own) >= 15
 
+    # continuous labels: PI2's own p', one update from the p' in force at every state (off the grid)
+    cont = pd.read_parquet(relabel(result.decisions, teacher.expert(MIX), teacher.label, 17,
+                                   tmp_path / "continuous.parquet", continuous=True))
+    states = [AqmObservation.from_vector(o) for o in acting["obs"]]
+    for prev, obs, action in zip(states[1:-1], states[2:], cont["action"].iloc[2:], strict=False):
+        if len(action):
+            step = 0.16 * (obs.qdelay_s - 0.005) + 3.2 * (obs.qdelay_s - prev.qdelay_s)
+            assert action[0] == pytest.approx(min(max(obs.p_prime + step, 0.0), 1.0))
+    assert not set(a[0] for a in cont["action"] if len(a)) <= set(grid.tolist())
+
 
 def test_recipe_refuses_leaks_between_sets():
     with pytest.raises(ValueError, match="both validation and evaluation"):
@@ -129,7 +143,6 @@ def test_recipe_refuses_leaks_between_sets():
                 evaluation_seeds=[1]).check()
     with pytest.raises(ValueError, match="reward"):
         _recipe(reward={"c_dealy": 1.0}).check()
-
 
 
 def test_teachers_with_fixed_gains_act_with_them():
