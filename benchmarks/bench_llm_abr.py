@@ -8,6 +8,11 @@ checkpoints (``NAME=DIR1,DIR2,...``, one per training seed) gets the mean and a 
 interval over its seeds; the classic policies are deterministic. A checkpoint that acts behind a
 stall guard (``stall_guard_s`` in its config) also plays bare, as ``NAME, bare``.
 
+Two clairvoyant references bound what any policy could reach: the learners' teacher ``oracle``
+(RobustMPC's 5-chunk search on the true future link) and ``hindsight`` (dynamic programming to
+the video's end on the true link: the offline optimum within grid error). The "of headroom"
+column places each policy between RobustMPC (0 %) and that optimum (100 %).
+
     .venv/bin/python -m benchmarks.bench_llm_abr --variant mlp=runs/learn/abr-mlp/checkpoint \\
         --variant tiny=runs/learn/abr-tiny-s0/checkpoint,runs/learn/abr-tiny-s1/checkpoint [--json out.json]
 
@@ -28,10 +33,12 @@ import torch
 
 from emulation.video import default_manifest, load_trace_set
 from emulation.video.traces import split_half
-from testbed.chunksim import POLICIES, evaluate
+from testbed.chunksim import POLICIES, TEACHERS, evaluate
 
 SETS = ("valid-fcc", "valid-norway")
 CLASSIC = ("bba", "rate", "bola", "mpc")
+#: clairvoyant references (they see the future link): the teacher, and the offline optimum
+REFERENCES = ("oracle", "hindsight")
 #: two-sided 95 % Student t quantiles by degrees of freedom
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -58,7 +65,7 @@ def measure(variants: dict[str, list[str]], parts: tuple[str, ...] = ("all", "re
     manifest = default_manifest()
     traces = {s: load_trace_set(s) for s in SETS}
     rows = []
-    policies = {name: [POLICIES[name]] for name in CLASSIC} | {
+    policies = {name: [POLICIES[name]] for name in CLASSIC} | {name: [TEACHERS[name]] for name in REFERENCES} | {
         name: [_learned(p) for p in paths] for name, paths in variants.items()}
     for name, paths in variants.items():  # what a checkpoint's stall guard adds: the bare model beside it
         if any(_guarded(p) for p in paths):
@@ -85,14 +92,20 @@ def _ci(values: list[float]) -> str:
 
 
 def table(rows: list[dict], part: str) -> str:
-    """Markdown: per policy and set, QoE (± CI over seeds), bitrate, rebuffer, switches, decision p50, vs MPC."""
+    """Markdown: per policy and set, QoE (± CI over seeds), bitrate, rebuffer, switches, decision p50, vs MPC,
+    and the share of the headroom between RobustMPC and the offline optimum (``hindsight``) it takes."""
     frame = pd.DataFrame([r for r in rows if r["part"] == part])
     mpc = {s: frame[(frame["policy"] == "mpc") & (frame["set"] == s)]["qoe"].mean() for s in SETS}
-    lines = ["| policy | set | QoE_lin | vs RobustMPC | bitrate Mbps | rebuffer s | switches | decision p50 ms |",
-             "|---|---|---|---|---|---|---|---|"]
+    best = {s: frame[(frame["policy"] == "hindsight") & (frame["set"] == s)]["qoe"].mean() for s in SETS}
+    lines = ["| policy | set | QoE_lin | vs RobustMPC | of headroom | bitrate Mbps | rebuffer s | switches "
+             "| decision p50 ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (policy, set_name), group in frame.groupby(["policy", "set"], sort=False):
         qoe = group["qoe"].tolist()
+        gap = best[set_name] - mpc[set_name]
+        share = f"{(statistics.fmean(qoe) - mpc[set_name]) / gap * 100:+.0f} %" if gap > 0 else "-"
         lines.append(f"| {policy} | {set_name} | {_ci(qoe)} | {(statistics.fmean(qoe) / mpc[set_name] - 1) * 100:+.1f} % "
+                     f"| {share} "
                      f"| {group['bitrate_mbps'].mean():.3f} | {group['rebuffer_s'].mean():.2f} "
                      f"| {group['switches'].mean():.1f} | {group['decision_ms_p50'].median():.2f} |")
     return "\n".join(lines)

@@ -123,7 +123,7 @@ class Pool:
         """Action-value regression needs some steps with teacher action values: fail before training if none."""
         if not any(ep.targets is not None for ep in self.episodes):
             raise ValueError("action-value regression needs steps with teacher action values (action_scores in "
-                             "the decisions' info): collect with a teacher that scores its actions (oracle, rollout)")
+                             "the decisions' info): collect with a teacher that scores its actions (oracle, rollout, hindsight)")
 
     def flat(self, features: FeatureSpec, rewards: RewardScale, max_timestep: int) -> dict[str, np.ndarray]:
         """All steps concatenated, scaled for the model with the given (training pool's) statistics.

@@ -50,6 +50,7 @@ from emulation.video import (
     load_trace_set,
 )
 from emulation.video.session import VIDEO_COLUMNS, check_quality
+from testbed.hindsight import HindsightDP
 
 RTT_S = 0.08
 BUFFER_CAP_S = 60.0
@@ -61,7 +62,9 @@ CONTROL_POINT = "abr-0"
 #: Policies by the name the CLI and reports use.
 POLICIES: dict[str, Callable[[], AbrPolicy]] = {"bba": BBA, "rate": RateBased, "mpc": RobustMPC, "bola": BolaE}
 #: Teachers that see the future: only this simulator can drive them.
-TEACHERS: dict[str, Callable[[], AbrPolicy]] = {"oracle": ClairvoyantMPC, "rollout": lambda: RolloutTeacher()}
+TEACHERS: dict[str, Callable[[], AbrPolicy]] = {
+    "oracle": ClairvoyantMPC, "rollout": lambda: RolloutTeacher(), "hindsight": lambda: HindsightDP(),
+}
 #: RobustMPC as Pensieve's and NetLLM's code runs it (sizes of chunks k+1..k+5, ties to the last plan), for
 #: comparing with their numbers.
 PUBLISHED_MPC = "mpc-published"
