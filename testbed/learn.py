@@ -26,6 +26,7 @@ import json
 import multiprocessing
 import resource
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -218,6 +219,13 @@ def _play(factory: Callable, shadows: list[Callable], plays: list[tuple[Bandwidt
 _FORKED_JOB: tuple | None = None
 
 
+def _default_termination() -> None:
+    """A forked worker dies quietly on SIGTERM: the pool ends its workers that way, and the parent's
+    handler (raise Interrupted) would print a traceback from a worker still running its exit hooks."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _play_share(share: int) -> pd.DataFrame:
     torch.set_num_threads(1)  # one worker per core
     factory, shadows, plays, workers = _FORKED_JOB
@@ -238,7 +246,7 @@ def collect(policies: dict[str, Callable], plays: list[tuple[BandwidthTrace, flo
             global _FORKED_JOB
             _FORKED_JOB = (factory, shadow_makers, plays, workers)
             try:
-                with multiprocessing.get_context("fork").Pool(workers) as pool:
+                with multiprocessing.get_context("fork").Pool(workers, initializer=_default_termination) as pool:
                     frame = pd.concat(pool.map(_play_share, range(workers)), ignore_index=True)
             finally:
                 _FORKED_JOB = None

@@ -73,3 +73,25 @@ def test_recipes_refuse_validation_data_and_unknown_teachers(tmp_path):
         _recipe(tmp_path, teachers=["psychic"])
     with pytest.raises(ValueError, match="model.kind"):
         _recipe(tmp_path, model={"kind": "svm"})
+
+
+def _sigterm_is_default(_: int) -> bool:
+    import signal
+
+    return signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_forked_players_leave_sigterm_to_its_default_while_the_parent_turns_it_into_interrupted():
+    """The pool ends its workers with SIGTERM; the parent's handler would make each print a traceback."""
+    import multiprocessing
+    import signal
+
+    from testbed.learn import _default_termination
+    from testbed.lifecycle import stop_signals_interrupt
+
+    with stop_signals_interrupt():
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        with multiprocessing.get_context("fork").Pool(2, initializer=_default_termination) as pool:
+            assert pool.map(_sigterm_is_default, range(2)) == [True, True]
+        with multiprocessing.get_context("fork").Pool(1) as pool:  # what a worker inherits without it
+            assert pool.map(_sigterm_is_default, range(1)) == [False]
