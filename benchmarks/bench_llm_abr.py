@@ -8,9 +8,10 @@ checkpoints (``NAME=DIR1,DIR2,...``, one per training seed) gets the mean and a 
 interval over its seeds; the classic policies are deterministic. A checkpoint that acts behind a
 stall guard (``stall_guard_s`` in its config) also plays bare, as ``NAME, bare``.
 
-Two clairvoyant references bound what any policy could reach: the learners' teacher ``oracle``
-(RobustMPC's 5-chunk search on the true future link) and ``hindsight`` (dynamic programming to
-the video's end on the true link: the offline optimum within grid error). The "of headroom"
+Three clairvoyant references: the learners' teacher ``oracle-f1`` (RobustMPC's 5-chunk search
+knowing the next chunk's true download time), ``oracle`` (the same search on the true link for
+all 5 chunks) and ``hindsight`` (dynamic programming to the video's end on the true link: the
+offline optimum within grid error, which bounds what any policy could reach). The "of headroom"
 column places each policy between RobustMPC (0 %) and that optimum (100 %).
 
     .venv/bin/python -m benchmarks.bench_llm_abr --variant mlp=runs/learn/abr-mlp/checkpoint \\
@@ -37,8 +38,8 @@ from testbed.chunksim import POLICIES, TEACHERS, evaluate
 
 SETS = ("valid-fcc", "valid-norway")
 CLASSIC = ("bba", "rate", "bola", "mpc")
-#: clairvoyant references (they see the future link): the teacher, and the offline optimum
-REFERENCES = ("oracle", "hindsight")
+#: clairvoyant references (they see the future link): the teacher, the 5-chunk planner, the offline optimum
+REFERENCES = ("oracle-f1", "oracle", "hindsight")
 #: two-sided 95 % Student t quantiles by degrees of freedom
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 

@@ -64,7 +64,7 @@ POLICIES: dict[str, Callable[[], AbrPolicy]] = {"bba": BBA, "rate": RateBased, "
 #: Teachers that see the future: only this simulator can drive them.
 TEACHERS: dict[str, Callable[[], AbrPolicy]] = {
     "oracle": ClairvoyantMPC, "rollout": lambda: RolloutTeacher(), "hindsight": lambda: HindsightDP(),
-}
+} | {f"oracle-f{k}": (lambda k=k: ClairvoyantMPC(foresight=k)) for k in range(1, 5)}
 #: RobustMPC as Pensieve's and NetLLM's code runs it (sizes of chunks k+1..k+5, ties to the last plan), for
 #: comparing with their numbers.
 PUBLISHED_MPC = "mpc-published"

@@ -8,13 +8,21 @@ the link will really give, walked through the simulator's own buffer rules
 only acts where a simulator can show it one: the chunk-level simulator hands
 it a :class:`LinkFuture` before every decision (``see_future``). It is a
 teacher, never a deployable policy.
+
+``foresight`` limits what it sees: only the first ``foresight`` chunks of each
+plan download on the true link, the rest at RobustMPC's robust throughput
+estimate. With one chunk (``oracle-f1``) it knows exactly how long the next
+chunk would take at each quality and plans beyond that as RobustMPC would. A
+learner regressing its action values fits their expectation given what it
+sees; the fewer of a teacher's values turn on links the learner cannot
+predict, the closer that expectation comes to the teacher's play.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from agents.abr.mpc import all_plans
+from agents.abr.mpc import RobustMPC, all_plans
 from agents.protocol.control_points import ABR_HORIZON, AbrObservation
 from agents.protocol.qoe import QOE_LIN_REBUFFER_PENALTY, SMOOTHNESS_PENALTY
 
@@ -87,12 +95,19 @@ class ClairvoyantMPC:
         horizon: int = ABR_HORIZON,
         rebuffer_penalty: float = QOE_LIN_REBUFFER_PENALTY,
         smoothness_penalty: float = SMOOTHNESS_PENALTY,
+        foresight: int | None = None,
     ) -> None:
+        if foresight is not None and not 0 <= foresight <= horizon:
+            raise ValueError(f"foresight must be in [0, horizon={horizon}] chunks, got {foresight}")
         if not 1 <= horizon <= ABR_HORIZON:
             raise ValueError(f"horizon must be in [1, {ABR_HORIZON}] (the chunk sizes an observation carries), got {horizon}")
         if rebuffer_penalty < 0 or smoothness_penalty < 0:
             raise ValueError(f"penalties must be >= 0, got {rebuffer_penalty}, {smoothness_penalty}")
         self.horizon = horizon
+        self.foresight = horizon if foresight is None else foresight
+        if self.foresight < horizon:
+            self.name = f"oracle-f{self.foresight}"
+        self._estimator = RobustMPC()
         self.rebuffer_penalty = float(rebuffer_penalty)
         self.smoothness_penalty = float(smoothness_penalty)
         self._future: LinkFuture | None = None
@@ -103,6 +118,7 @@ class ClairvoyantMPC:
 
     def reset(self) -> None:
         self._future = None
+        self._estimator.reset()
         self.last_action_scores = None
 
     def see_future(self, future: LinkFuture) -> None:
@@ -122,11 +138,15 @@ class ClairvoyantMPC:
         rates_mbps = np.asarray(obs.bitrates_bps, dtype=np.float64) / 1e6
         sizes = np.asarray(obs.future_chunk_bytes, dtype=np.float64)[np.arange(horizon), plans]
         n = plans.shape[0]
+        estimate_bps = self._estimator.predict_throughput_bps(obs) if self.foresight < self.horizon else None
         clock_s = np.zeros(n)
         buffer_s = np.full(n, float(obs.buffer_s))
         rebuffer_s = np.zeros(n)
         for step in range(horizon):
-            done_s = future.finish_s(clock_s, sizes[:, step])
+            if step < self.foresight or estimate_bps is None:
+                done_s = future.finish_s(clock_s, sizes[:, step])
+            else:  # beyond its foresight the plan is walked at RobustMPC's robust estimate
+                done_s = clock_s + sizes[:, step] * 8.0 / estimate_bps
             delay_s = done_s - clock_s + future.rtt_s
             rebuffer_s += np.maximum(delay_s - buffer_s, 0.0)
             buffer_s = np.maximum(buffer_s - delay_s, 0.0) + obs.chunk_duration_s

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 
 from agents.abr import ClairvoyantMPC, RobustMPC
+from agents.abr.oracle import LinkFuture
 from emulation.video import BandwidthTrace, default_manifest, default_traces, synthetic_trace
 from testbed.chunksim import BUFFER_CAP_S, RTT_S, _TraceCursor, evaluate, run_session
 
@@ -61,3 +62,30 @@ def test_shadow_teacher_relabels_the_acting_policy_states():
     pd.testing.assert_frame_equal(alone, result.video)
     # the teacher disagrees somewhere (otherwise relabelling would teach nothing)
     assert (shadow["action"].map(lambda a: a[0]) != acting["action"].map(lambda a: a[0])).any()
+
+
+def _link(times_s: list[float], mbps: list[float]) -> LinkFuture:
+    return LinkFuture(np.array(times_s), np.array(mbps) * 1e6 / 8, 0.0, RTT_S, BUFFER_CAP_S, 0.5)
+
+
+def test_a_teacher_with_one_chunk_of_foresight_sees_the_next_download_and_nothing_after():
+    manifest = default_manifest()
+    obs = manifest.abr_observation(5, 2, 12.0, 0.0, [2e6] * 5, [2.0] * 5)
+    steady = _link([0.0, 600.0], [0.0, 3.0])
+    collapse = _link([0.0, 8.0, 600.0], [0.0, 3.0, 0.2])  # the same first 8 s: every first chunk is in by then
+    slow_start = _link([0.0, 8.0, 600.0], [0.0, 0.5, 3.0])
+
+    def scores(teacher: ClairvoyantMPC, future) -> np.ndarray:
+        teacher.reset()
+        teacher.see_future(future)
+        return teacher.action_scores(obs)
+
+    glimpse, oracle = ClairvoyantMPC(foresight=1), ClairvoyantMPC()
+    assert glimpse.name == "oracle-f1" and oracle.name == "oracle"
+    # beyond its one chunk it plans at RobustMPC's estimate, blind to the collapse the oracle prices
+    np.testing.assert_allclose(scores(glimpse, steady), scores(glimpse, collapse))
+    assert (scores(oracle, collapse) < scores(oracle, steady) - 0.5).any()
+    # ... but the next chunk's own download is the true one
+    assert (scores(glimpse, slow_start) < scores(glimpse, steady) - 0.5).any()
+    # full foresight is the oracle itself
+    np.testing.assert_allclose(scores(ClairvoyantMPC(foresight=5), collapse), scores(oracle, collapse))
