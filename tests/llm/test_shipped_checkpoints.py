@@ -98,6 +98,7 @@ def test_a_lowered_choice_is_the_history_the_model_reads():
     played (not the model's bolder choice) is what the next step sees."""
     rng = np.random.default_rng(1)
     holds_s, levels_mbps = rng.uniform(5, 20, 40), rng.uniform(0.3, 4.0, 40)
+    levels_mbps[1::3] = 0.15  # every third hold collapses without warning
     collapse = BandwidthTrace(np.concatenate([[0.0], np.cumsum(holds_s)[:-1]]), levels_mbps * 1e6, name="3g-like")
     policy = _Watched("abr", device="cpu")
     policy.trail = []
