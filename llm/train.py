@@ -23,6 +23,7 @@ A checkpoint directory holds the PEFT adapter (``adapter_config.json``,
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -155,6 +156,12 @@ def save_checkpoint(policy: DecisionTransformerPolicy, config: PolicyConfig, out
     card = out / "README.md"
     kept = card.read_text() if card.is_file() else None
     policy.backbone.save_pretrained(out)
+    # PEFT records where the base model was loaded from (a training run's scratch directory); record the
+    # backbone the checkpoint really loads (its own copy, relative, or a model directory)
+    adapter_config = out / "adapter_config.json"
+    adapter = json.loads(adapter_config.read_text())
+    adapter["base_model_name_or_path"] = str(config.backbone)
+    adapter_config.write_text(json.dumps(adapter, indent=2, sort_keys=True) + "\n")
     # PEFT writes a blank Hugging Face model card: a checkpoint's card is ours (testbed learn writes it) or none
     if kept is None:
         card.unlink(missing_ok=True)

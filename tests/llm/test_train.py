@@ -63,6 +63,8 @@ def test_checkpoint_reloads_to_identical_outputs(tmp_path, abr_pools, tiny_backb
     policy.eval()
     save_checkpoint(policy, config, tmp_path / "ckpt")
     assert not (tmp_path / "ckpt" / "README.md").exists()  # no blank Hugging Face card
+    adapter = json.loads((tmp_path / "ckpt" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == config.backbone  # what the checkpoint loads, not a scratch dir
     inputs = {k: v for k, v in batch.items() if k not in ("mask", "history_actions")}
     with torch.no_grad():
         expected = policy(**inputs)
