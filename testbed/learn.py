@@ -88,6 +88,8 @@ class Recipe(_Strict):
     synthetic: SyntheticTraces = Field(default_factory=SyntheticTraces)
     #: sessions per training trace: from its start, then from seeded random offsets
     starts_per_trace: int = Field(1, ge=1)
+    #: seeds the sessions' start offsets (each round's) and the model's initialisation, batches and held-out
+    #: episodes (``training.seed`` overrides the latter)
     seed: int = 0
     teachers: list[str] = Field(default_factory=lambda: ["oracle"])
     dagger: DaggerSpec = Field(default_factory=DaggerSpec)
@@ -262,7 +264,7 @@ def collect(policies: dict[str, Callable], plays: list[tuple[BandwidthTrace, flo
 
 def _train(recipe: Recipe, pool: Path, out: Path, selector: ClosedLoopSelector, log: Callable[[str], None],
            init: Path | None, overrides: dict) -> dict:
-    settings = {**recipe.training, **overrides}
+    settings = {"seed": recipe.seed, **recipe.training, **overrides}
     if recipe.model.kind == "mlp":
         from llm.mlp import MlpSettings, train_mlp
 

@@ -36,7 +36,7 @@ def _recipe(tmp_path, **changes) -> Recipe:
 
 @pytest.mark.slow
 def test_a_recipe_runs_end_to_end_and_dagger_relabels_the_learner_states(tmp_path):
-    trail = learn(_recipe(tmp_path, stall_guard_s=1.0), tmp_path / "out", log=lambda _: None)
+    trail = learn(_recipe(tmp_path, stall_guard_s=1.0, seed=3), tmp_path / "out", log=lambda _: None)
     out = tmp_path / "out"
     assert [r["round"] for r in trail["rounds"]] == [0, 1] and trail["rounds"][1]["dagger_files"] == 1
     # DAgger: the learner acted, the teacher shadowed; its rows are the teacher's actions on the learner's states
@@ -60,7 +60,10 @@ def test_a_recipe_runs_end_to_end_and_dagger_relabels_the_learner_states(tmp_pat
     card = (checkpoint / "README.md").read_text()
     assert "## Results" in card and "mpc" in card and "Licence" in card
     # it acts behind the recipe's stall guard, and its results show the bare model beside it
-    assert json.loads((checkpoint / "policy_config.json").read_text())["stall_guard_s"] == 1.0
+    config = json.loads((checkpoint / "policy_config.json").read_text())
+    assert config["stall_guard_s"] == 1.0
+    # the recipe's seed seeds the model too, not only the sessions
+    assert config["training"]["settings"]["seed"] == 3
     assert "| unguarded |" in card
     results = trail["evaluation"]["traces::all"]
     assert set(results["qoe"]) == {"learned", "unguarded", "mpc"} and results["qoe"]["mpc"] > 0
